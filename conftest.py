@@ -5,6 +5,12 @@ which `training.impl` reads. `auto` means solutions/ when that folder exists, el
 """
 import os
 
+import torch
+
+# One thread: on this 2-core machine the tiny model gains nothing from two, and a second busy process makes
+# two threads 10-50x slower. Same numbers either way (tests/test_sft.py checks determinism).
+torch.set_num_threads(1)
+
 
 def pytest_addoption(parser):
     parser.addoption(
