@@ -19,11 +19,15 @@ demo: venv
 	$(PY) -m training demo --task $(TASK) --out $(OUT)
 
 test: venv
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/autograder
 	$(MAKE) --no-print-directory notebooks
 
+# The committed outputs are the reference implementation's; in the student release (no solutions/) the lessons
+# print "finish exercises/... first" instead, so there we only check that every cell runs (--nbval-lax).
+NBVAL := $(if $(wildcard solutions/__init__.py),--nbval,--nbval-lax)
+
 notebooks: venv
-	$(PY) -m pytest --nbval notebooks --sanitize-with notebooks/sanitize.cfg
+	$(PY) -m pytest $(NBVAL) notebooks --nbval-sanitize-with notebooks/sanitize.cfg
 
 grade: venv
 	$(PY) tools/grade.py --impl exercises
@@ -31,11 +35,15 @@ grade: venv
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks
 
+INSTRUCTOR_ONLY = @test -d solutions || { echo "error: 'make $@' is for instructors: this copy has no solutions/"; exit 2; }
+
 exercises: venv
+	$(INSTRUCTOR_ONLY)
 	$(PY) tools/make_exercises.py
 
 release: venv
-	$(PY) tools/release.py dist/student
+	$(INSTRUCTOR_ONLY)
+	$(PY) tools/release.py dist/student --force
 
 bench: venv
 	$(PY) -m training bench --out runs/bench

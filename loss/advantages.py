@@ -11,7 +11,7 @@ from .masked import masked_whiten
 
 
 def _check_groups(rewards: torch.Tensor, name: str) -> None:
-    if rewards.dim() != 2 or rewards.shape[1] < 2:
+    if rewards.ndim != 2 or rewards.size(1) < 2:
         raise ValueError(
             f"{name} needs rewards of shape [B, G] with G >= 2 samples per prompt, got shape {tuple(rewards.shape)}"
         )
