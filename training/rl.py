@@ -45,7 +45,7 @@ COMMON = dict(steps=240, prompts_per_step=32, group_size=8, lr=2e-4, warmup=10, 
 RL_DEFAULTS = {
     "grpo": {
         "sort": dict(COMMON, num_iterations=2, normalize_std=True, loss_agg_mode="seq-mean-token-mean",
-                     advantage_estimator="grpo", dynamic_sampling=False, overlong_penalty=0),
+                     advantage_estimator="grpo", dynamic_sampling=True, overlong_penalty=0),
         "add": dict(COMMON, steps=300, lr=1e-3, temperature=1.0, reward="exact", num_iterations=2,
                     normalize_std=True, loss_agg_mode="seq-mean-token-mean", advantage_estimator="grpo",
                     dynamic_sampling=False, overlong_penalty=0),
@@ -255,12 +255,14 @@ def _run(algo, args, model, task, device, out_dir, on_step):
     ref_model = _frozen_copy(model)
     critic = ValueModel.from_policy(model) if algo == "ppo" else None
     start, accuracy_before, wall_before, counts = 0, None, 0.0, {"nonfinite_steps": 0, "skipped_steps": 0}
+    cpu_before = 0.0
     if resume:
         extra = resume["extra"]
         ref_model.load_state_dict(extra["ref_model"])
         if critic is not None:
             critic.load_state_dict(extra["critic"])
         start, accuracy_before, wall_before = resume["step"], extra["accuracy_before"], extra["wall_time_s"]
+        cpu_before = extra["cpu_time_s"]
         counts = dict(extra["counts"])
     trainer = build_trainer(algo, hp, model, ref_model, task, sampling, impl, critic)
     optimizers = _optimizers(algo, trainer)
@@ -279,6 +281,7 @@ def _run(algo, args, model, task, device, out_dir, on_step):
 
     def checkpoint(step, wall):
         extra = dict(algo=algo, hparams=hp, accuracy_before=accuracy_before, wall_time_s=wall, counts=counts,
+                     cpu_time_s=cpu_before + time.process_time() - cpu_start,
                      ref_model=ref_model.state_dict(), critic=critic.state_dict() if critic is not None else None,
                      optimizers=[o.state_dict() for o in optimizers], sampling_rng=sampling.get_state(),
                      data_rng=data.get_state(), probe_rng=probe.get_state())
@@ -287,7 +290,7 @@ def _run(algo, args, model, task, device, out_dir, on_step):
     quiet = getattr(args, "quiet", False)
     bar = tqdm(total=hp["steps"], initial=start, desc=f"{algo.upper()} {task.name}", disable=quiet or None,
                dynamic_ncols=True, leave=False)
-    accuracy, step, t_start = None, start, time.perf_counter()
+    accuracy, step, t_start, cpu_start = None, start, time.perf_counter(), time.process_time()
     stop_reason = "steps"
     for step in range(start + 1, hp["steps"] + 1):
         t0 = time.perf_counter()
@@ -335,6 +338,7 @@ def _run(algo, args, model, task, device, out_dir, on_step):
             break
     bar.close()
     wall = wall_before + time.perf_counter() - t_start
+    cpu = time.process_time() - cpu_start
     if accuracy is None:  # no step ran (a finished run resumed): evaluate and save as it is
         accuracy = greedy_accuracy(model, task, eval_batch)
         checkpoint(step, wall)
@@ -346,6 +350,7 @@ def _run(algo, args, model, task, device, out_dir, on_step):
     return dict(
         algo=algo, task=task.name, impl=course_impl.resolve(impl), seed=seed, device=str(device),
         accuracy_before=accuracy_before, accuracy_after=accuracy, rl_steps=step, rl_wall_time_s=wall,
+        rl_cpu_time_s=cpu_before + cpu,
         step_time_median_s=statistics.median(step_times) if step_times else None,
         first_step_at_95=reached[0] if reached else None, stop_reason=stop_reason,
         nonfinite_steps=counts["nonfinite_steps"], skipped_steps=counts["skipped_steps"],
