@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 OUT    ?= runs/demo
 TASK   ?= sort
 
-.PHONY: venv demo test unit notebooks grade lab exercises release bench clean
+.PHONY: venv test-deps demo test unit notebooks grade lab exercises release bench clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,21 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
+# `make test` also needs requirements-test.txt (transformers, TRL, verl's core and config), installed in the same pip
+# call as requirements.txt so that torch keeps its pin; verl itself without its cluster dependencies (--no-deps).
+TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
+
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps $$(sed -n 's/^# no-deps: //p' requirements-test.txt)
+	@rm -f $(VENV)/.test-installed-* && touch $@
+
+test-deps: $(TEST_STAMP)
+
 demo: venv
 	$(PY) -m training demo --task $(TASK) --out $(OUT)
 
-test: venv
+test: venv test-deps
 	$(PY) -m pytest tests --ignore=tests/autograder
 	$(MAKE) --no-print-directory notebooks
 
@@ -26,7 +37,7 @@ test: venv
 # print "finish exercises/... first" instead, so there we only check that every cell runs (--nbval-lax).
 NBVAL := $(if $(wildcard solutions/__init__.py),--nbval,--nbval-lax)
 
-notebooks: venv
+notebooks: venv test-deps
 	$(PY) -m pytest $(NBVAL) notebooks --nbval-sanitize-with notebooks/sanitize.cfg
 
 grade: venv

@@ -9,18 +9,16 @@
 - `print_table(headers, rows)`: a plain aligned text table (deterministic, so nbval can compare it).
 - `reference_group_batch`: the correct batch layout for lesson 4's silent-bug exercise (imported by name there).
 
-Lessons 6-9 (training the tiny GPT) add:
+The lessons that train the tiny GPT (08-11) add:
 - `setup_training(seed)`: `setup`, plus one CPU thread for torch (see its docstring).
 - `require_exercise(compute)`: like `try_exercise`, but a lesson that cannot go on without the exercise (it trains
   with your trainer) stops there with the same one line instead of a traceback.
-- `weak_sft_model(task_name)`: the weak SFT checkpoint RL starts from (lesson 6 trains it and `save_weak_model` keeps it;
-  lessons 7 and 8 load it, or train it again if it is missing).
 - `eval_subset(task, n)`: the first n problems of the fixed held-out set (a faster, noisier accuracy).
-- `rl_loop(step, model, task, ...)`: the run loop of lessons 7 and 8 (sample problems, one trainer step, evaluate now and then).
-- `lr_schedule(optimizers, hp)`: the learning-rate warm-up and cosine of `python -m training grpo|ppo`, step by step.
 - `series(records, key)`: (steps, values) of one logged quantity, for plotting.
+The training itself is the course's own code, not a notebook copy: `training.loop.train` (the one run loop of
+`python -m training grpo|ppo|demo`), `training.trainers.build_trainer`, `training.defaults.RL_DEFAULTS` and
+`training.sft.weak_model` (the weak SFT start, trained once and cached).
 """
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -34,8 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["ROOT", "np", "torch", "plt", "setup", "try_exercise", "check_exercise", "print_table",
-           "setup_training", "require_exercise", "ExerciseNotWritten", "weak_sft_model", "save_weak_model", "eval_subset",
-           "rl_loop", "lr_schedule", "series"]  # + reference_group_batch
+           "setup_training", "require_exercise", "ExerciseNotWritten", "eval_subset", "series"]  # + reference_group_batch
 
 
 def setup(seed: int = 0) -> None:
@@ -109,7 +106,7 @@ def reference_group_batch(right_answer: torch.Tensor, group_size: int):
     return prompt_of_row, right_answer[prompt_of_row]
 
 
-# ---------------------------------------------------------------- lessons 6-9: training the tiny GPT
+# ---------------------------------------------------------------- lessons 08-11: training the tiny GPT
 
 
 def setup_training(seed: int = 0) -> None:
@@ -150,115 +147,7 @@ def eval_subset(task, n: int):
     return Batch(full.prompts[:n], full.answers[:n])
 
 
-def _weak_cache_path(task, plan, seed, preset):
-    """A file in the temporary folder, named by everything that decides the weights (code included)."""
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(repr((task.name, sorted(task.options.items()), sorted(plan.items()), seed, preset)).encode())
-    for name in ("model.py", "sft.py", "tasks.py", "tokenizer.py", "rewards.py"):
-        digest.update((ROOT / "training" / name).read_bytes())
-    return Path(tempfile.gettempdir()) / "grpo-course-notebooks" / f"weak-{task.name}-{digest.hexdigest()[:16]}.pt"
-
-
-def weak_sft_model(task_name: str = "sort", seed: int = 0, preset: str = "nano"):
-    """(model, task, accuracy): the weak SFT checkpoint of `training.sft.WEAK`, as `python -m training sft --weak`
-    trains it (lesson 6 shows the run). The weights are kept in the temporary folder, under a name that changes with
-    the code and the settings, so the next lesson loads them instead of training again: same numbers either way.
-    """
-    import tempfile
-
-    from training import sft
-    from training.device import seed_everything
-    from training.evaluate import greedy_accuracy
-    from training.model import make_model
-    from training.tasks import make_task
-    from training.tokenizer import TOKENIZER
-
-    task = make_task(task_name)
-    plan = sft.WEAK[task_name]
-    seed_everything(seed)
-    model = make_model(preset, TOKENIZER.vocab_size, task.block_size)
-    path = _weak_cache_path(task, plan, seed, preset)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        with tempfile.TemporaryDirectory() as out:
-            sft.train_sft(model, task, out, eval_every=plan["steps"], seed=seed, preset=preset, progress=False, **plan)
-        save_weak_model(model, task_name, seed, preset)
-    model.eval()
-    return model, task, greedy_accuracy(model, task)
-
-
-def save_weak_model(model, task_name: str = "sort", seed: int = 0, preset: str = "nano"):
-    """Keep weights trained with `training.sft.WEAK[task_name]` from `seed` where `weak_sft_model` looks for them
-    (lesson 6 trains that run itself, then saves it here so that lessons 7 and 8 need not train it again)."""
-    from training import sft
-    from training.tasks import make_task
-
-    path = _weak_cache_path(make_task(task_name), sft.WEAK[task_name], seed, preset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def rl_loop(step, model, task, *, steps, prompts_per_step, eval_batch, eval_every, data_seed=1, samples_per_prompt=1,
-            before_step=None, after_step=None, also_evaluate=None):
-    """The run loop of lessons 7 and 8, in full:
-
-        for each step: draw `prompts_per_step` fresh training problems, call step(batch) -> dict of metrics
-        every `eval_every` steps (and at the end): greedy exact match of `model` on `eval_batch`
-
-    Returns one record per step: the metrics, plus `step`, `samples` (completions sampled so far: prompts x
-    samples_per_prompt), `wall_s` (seconds spent in step(), evaluation excluded) and, at evaluation steps, `accuracy`.
-    Record 0 holds the accuracy before training. The problems come from their own generator (`data_seed`), so runs
-    with different settings see the same problems in the same order. Hooks, all optional: before_step(number) (e.g.
-    the learning-rate schedule), after_step(record) (e.g. keep a copy of the weights), also_evaluate(model) -> dict of
-    more numbers to record at evaluation steps (e.g. the KL to the reference).
-    """
-    import time
-
-    from training.evaluate import greedy_accuracy
-
-    data = torch.Generator().manual_seed(data_seed)
-    def evaluate():
-        return dict(also_evaluate(model) if also_evaluate else {}, accuracy=greedy_accuracy(model, task, eval_batch))
-
-    records = [dict(evaluate(), step=0, samples=0, wall_s=0.0)]
-    wall = 0.0
-    for number in range(1, steps + 1):
-        batch = task.sample(prompts_per_step, data)
-        if before_step is not None:
-            before_step(number)
-        start = time.perf_counter()
-        metrics = step(batch)
-        wall += time.perf_counter() - start
-        record = dict(metrics, step=number, samples=number * prompts_per_step * samples_per_prompt, wall_s=wall)
-        if number % eval_every == 0 or number == steps:
-            record.update(evaluate())
-        records.append(record)
-        if after_step is not None:
-            after_step(record)
-    return records
-
-
 def series(records, key, x="step"):
-    """([x], [value]) over the records that hold `key` (not None): e.g. series(run, "accuracy")."""
+    """([x], [value]) over the records that hold `key` (not None): e.g. series(run.records, "accuracy")."""
     points = [(r[x], r[key]) for r in records if r.get(key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
-
-
-def lr_schedule(optimizers, hp):
-    """before_step(number) for rl_loop: sets the learning rate of each optimizer as `python -m training grpo|ppo`
-    does (training.sft.learning_rate: linear warm-up over hp["warmup"] steps, then hp["schedule"] over hp["steps"])."""
-    from training.sft import learning_rate
-
-    def set_rate(number):
-        rate = learning_rate(number - 1, hp["steps"], hp["lr"], hp["warmup"], hp["schedule"])
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-
-    return set_rate

@@ -22,10 +22,7 @@ import torch
 from torch import nn
 
 from loss import check_same_shape, clip_fraction, masked_mean, masked_sum
-
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+from loss.names import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES
 
 
 def group_advantages(rewards: torch.Tensor, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -95,11 +92,12 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, max_le
     hold any value: it must not change the result.
 
     loss_mat: [N, T], mask: [N, T] (float or bool) -> scalar tensor.
-    verl's `agg_loss` and TRL's loss_type ("grpo", "bnpo", "dr_grpo") compute the same sums but keep
-    empty rows in the sequence count; the masked helpers `masked_sum` and `masked_mean` from loss/ help.
+    verl 0.9.1's `agg_loss` computes the same (called alone it too leaves empty rows out; verl's trainer passes
+    the global batch size, which counts them); TRL 1.16.0's loss_type "grpo" and "dr_grpo" count every row.
+    The masked helpers `masked_sum` and `masked_mean` from loss/ help.
     """
-    if mode not in AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}: choose one of {', '.join(AGG_MODES)}")
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
     # TODO: the sum and the token count of each row, which rows are non-empty, then one branch per mode.
     ### BEGIN SOLUTION
     mask = mask.to(loss_mat.dtype)
@@ -124,15 +122,17 @@ class GRPOLoss(nn.Module):
         loss = aggregate( -min(r A, clip(r, 1 - clip_epsilon, 1 + clip_epsilon_high) A) + kl_beta * KL )
 
     clip_epsilon_high: the upper clip (DAPO's clip-higher, e.g. 0.28); None means clip_epsilon.
-    normalize_std: divide the group advantage by the group std (False: Dr. GRPO).
-    loss_agg_mode: one of AGG_MODES (see `aggregate_loss`); max_len: its divisor for "seq-mean-token-sum-norm".
+    normalize_std: divide the group advantage by the group std (False: Dr. GRPO); used only when the loss
+        is given rewards (with advantages=, the advantage step happened before, and normalize_std with it).
+    loss_agg_mode: one of LOSS_AGG_MODES (see `aggregate_loss`); max_len: its divisor for "seq-mean-token-sum-norm".
     kl_estimator: "k1" | "k2" | "k3" (see `kl_estimate`); kl_beta=0 or no reference: no KL term.
     importance_sampling_level: "token" (GRPO) or "sequence" (GSPO: one ratio per completion, the
     exp of the mean token log-ratio, shared by all its tokens; pair it with seq-mean-token-mean and
     much smaller epsilons, e.g. 3e-4 / 4e-4).
 
     After each call `self.metrics` holds floats: loss, kl, clip_fraction, ratio_mean, ratio_min,
-    ratio_max, advantage_mean, advantage_std, reward_mean, reward_std, response_length.
+    ratio_max, advantage_mean (over the response tokens), advantage_std, response_length, and, when the
+    loss was given rewards, reward_mean and reward_std.
 
     The per-token loss is TRL's GRPOTrainer loss (per_token_loss = -min(coef_1 A, coef_2 A) + beta * k3)
     and verl's compute_policy_loss_vanilla without its dual clip for A < 0 (clip_ratio_c) and without
@@ -153,8 +153,8 @@ class GRPOLoss(nn.Module):
         max_len: int | None = None,
     ):
         super().__init__()
-        if loss_agg_mode not in AGG_MODES:
-            raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}: choose one of {', '.join(AGG_MODES)}")
+        if loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
         if kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown kl_estimator {kl_estimator!r}: choose one of {', '.join(KL_ESTIMATORS)}")
         if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
@@ -177,26 +177,37 @@ class GRPOLoss(nn.Module):
         self,
         policy_logprobs: torch.Tensor,       # [B, G] or [B, G, T], log pi_theta: carries the gradient
         old_policy_logprobs: torch.Tensor,   # same shape, log pi_old (the policy that sampled)
-        rewards: torch.Tensor,               # [B, G]
-        reference_logprobs: torch.Tensor | None = None,   # same shape, log pi_ref; None: no KL term
+        rewards: torch.Tensor | None = None,              # [B, G]: the group step runs inside
+        reference_logprobs: torch.Tensor | None = None,   # same shape as the logprobs, log pi_ref; None: no KL term
         response_mask: torch.Tensor | None = None,        # same shape as the logprobs; None: all ones
+        *,
+        advantages: torch.Tensor | None = None,           # [B, G] or [B, G, T]: used exactly as given
     ) -> torch.Tensor:
-        """The scalar GRPO loss. [B, G] logprobs are whole-sequence logprobs (T = 1, as in the lesson)."""
-        logp, old_logp, ref_logp, mask = as_token_level(
-            policy_logprobs, old_policy_logprobs, rewards, reference_logprobs, response_mask
+        """The scalar GRPO loss. [B, G] logprobs are whole-sequence logprobs (T = 1, as in the lesson).
+
+        Give exactly one of `rewards` (the lesson's form: A = group_advantages(rewards) inside, with
+        self.normalize_std and self.eps) or `advantages` (a trainer's form: any estimator's advantages,
+        per completion [B, G] or per token [B, G, T], taken as they are: no centring, no scaling).
+        """
+        logp, old_logp, ref_logp, mask, given = as_token_level(
+            policy_logprobs, old_policy_logprobs, rewards, reference_logprobs, response_mask, advantages
         )
-        # Now logp, old_logp, ref_logp (or None), mask: [B, G, T], with T = 1 for sequence-level inputs.
+        # Now logp, old_logp, ref_logp (or None), mask: [B, G, T], with T = 1 for sequence-level inputs;
+        # `given` is None (use the rewards) or the advantages as [B, G, 1] or [B, G, T].
 
         # The metrics at the end read the names `advantages`, `ratio` and `loss`: keep them.
-        # TODO 1: `advantages` from the rewards (self.normalize_std, self.eps), shaped [B, G, 1] so that
-        # they broadcast over the tokens of each completion.
+        # TODO 1: `advantages`, shaped to broadcast over the tokens of each completion: [B, G, 1] from the
+        # rewards (group_advantages with self.normalize_std, self.eps), or `given` when it is not None.
         ### BEGIN SOLUTION
-        advantages = group_advantages(rewards, self.normalize_std, self.eps).unsqueeze(-1)
+        if given is None:
+            advantages = group_advantages(rewards, self.normalize_std, self.eps).unsqueeze(-1)
+        else:
+            advantages = given
         ### END SOLUTION
 
         # TODO 2: `ratio` = pi_theta / pi_old, [B, G, T]. Work in log space: exp(logp - old_logp).
         # importance_sampling_level == "sequence": every token of a completion shares
-        # exp(masked mean over its tokens of (logp - old_logp)).
+        # exp(masked mean over its tokens of (logp - old_logp)): padding does not count in that mean.
         ### BEGIN SOLUTION
         log_ratio = logp - old_logp
         if self.importance_sampling_level == "sequence":
@@ -235,31 +246,41 @@ class GRPOLoss(nn.Module):
         kl = 0.0
         if ref_logp is not None:
             kl = masked_mean(kl_estimate(logp, ref_logp, self.kl_estimator), mask).item()
-        return {
+        metrics = {
             "loss": loss.item(),
             "kl": kl,
             "clip_fraction": clip_fraction(ratio, advantages, mask, self.clip_epsilon, self.clip_epsilon_high),
             "ratio_mean": masked_mean(ratio, mask).item(),
             "ratio_min": ratios.min().item() if ratios.numel() else 0.0,
             "ratio_max": ratios.max().item() if ratios.numel() else 0.0,
-            "advantage_mean": advantages.mean().item(),
+            "advantage_mean": masked_mean(advantages.expand_as(mask), mask).item(),
             "advantage_std": advantages.std().item() if advantages.numel() > 1 else 0.0,
-            "reward_mean": rewards.double().mean().item(),
-            "reward_std": rewards.double().std().item() if rewards.numel() > 1 else 0.0,
             "response_length": mask.sum().item() / max(mask.shape[0] * mask.shape[1], 1),
         }
+        if rewards is not None:  # the lesson's form: the loss saw the rewards themselves
+            metrics["reward_mean"] = rewards.double().mean().item()
+            metrics["reward_std"] = rewards.double().std().item() if rewards.numel() > 1 else 0.0
+        return metrics
 
 
-def as_token_level(policy_logprobs, old_policy_logprobs, rewards, reference_logprobs, response_mask):
-    """Check the shapes and return (logp, old_logp, ref_logp, mask), each [B, G, T] (T = 1 for [B, G] inputs).
+def as_token_level(policy_logprobs, old_policy_logprobs, rewards, reference_logprobs, response_mask, advantages=None):
+    """Check the inputs; return (logp, old_logp, ref_logp, mask, given), each [B, G, T] (T = 1 for [B, G] inputs).
 
-    The mask comes back in the logprobs' dtype (all ones when None). Nothing is modified in place.
+    Exactly one of `rewards` ([B, G]) and `advantages` ([B, G] or [B, G, T]) must be given, else ValueError.
+    `given` is None when the rewards were given, else the advantages shaped [B, G, 1] or [B, G, T]. The mask
+    comes back in the logprobs' dtype (all ones when None). Nothing is modified in place.
     """
     shape = tuple(policy_logprobs.shape)
     if policy_logprobs.dim() not in (2, 3):
         raise ValueError(f"policy_logprobs must be [B, G] or [B, G, T], got shape {shape}")
-    if tuple(rewards.shape) != shape[:2]:
+    if (rewards is None) == (advantages is None):
+        raise ValueError("give exactly one of rewards= (the group step runs inside the loss) and advantages= "
+                         f"(used as given), got {'both' if rewards is not None else 'neither'}")
+    if rewards is not None and tuple(rewards.shape) != shape[:2]:
         raise ValueError(f"rewards must be [B, G] = {shape[:2]} to match the logprobs, got {tuple(rewards.shape)}")
+    if advantages is not None and tuple(advantages.shape) not in (shape[:2], shape):
+        raise ValueError(f"advantages must be [B, G] = {shape[:2]} or shaped like the logprobs {shape}, "
+                         f"got {tuple(advantages.shape)}")
     check_same_shape("policy_logprobs", policy_logprobs, old_policy_logprobs=old_policy_logprobs,
                      reference_logprobs=reference_logprobs, response_mask=response_mask)
     if response_mask is None:
@@ -267,4 +288,8 @@ def as_token_level(policy_logprobs, old_policy_logprobs, rewards, reference_logp
     tensors = [policy_logprobs, old_policy_logprobs, reference_logprobs, response_mask.to(policy_logprobs.dtype)]
     if policy_logprobs.dim() == 2:
         tensors = [None if t is None else t.unsqueeze(-1) for t in tensors]
-    return tuple(tensors)
+    given = None
+    if advantages is not None:
+        given = advantages.to(policy_logprobs.dtype)
+        given = given.unsqueeze(-1) if given.dim() == 2 else given
+    return (*tensors, given)

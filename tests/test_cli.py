@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from training.cli import load_rl, main
+from training.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,31 +82,17 @@ def test_sft_run_writes_every_output_and_its_checkpoint_is_reusable(tmp_path, ca
     assert_one_line_error(mismatch, "add")
 
 
-def test_rl_subcommands_before_the_trainers_exist(tmp_path, capsys, monkeypatch):
-    import training.cli as cli_module
-
-    monkeypatch.setattr(cli_module, "load_rl", lambda: None)  # as before issue 4 landed
-    assert main(["grpo", "--out", str(tmp_path)]) == 2
-    assert "not built yet" in capsys.readouterr().err
-    assert main(["demo", "--sft-steps", "2", "--out", str(tmp_path), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "not built yet" in out and (tmp_path / "sft" / "model.pt").exists()
-
-
 def test_demo_wires_weak_sft_into_run_rl(tmp_path, capsys, monkeypatch):
     import training.cli as cli_module
 
     calls = []
 
-    def add_rl_arguments(parser, algo):
-        parser.add_argument("--group-size", type=int, default=8)
+    def run_rl(algo, hp, model, task, out_dir, **kwargs):
+        calls.append((algo, hp["group_size"], task.name, out_dir))
+        return {"algo": algo, "rl_steps": 3, "rl_wall_time_s": 1.5, "step_time_median_s": 0.5,
+                "accuracy_before": 0.25, "accuracy_after": 0.75}
 
-    def run_rl(algo, args, model, task, device, out_dir):
-        calls.append((algo, args.group_size, task.name, out_dir))
-        return {"rl_steps": 3, "rl_wall_time_s": 1.5, "step_time_median_s": 0.5, "accuracy_after": 0.75}
-
-    monkeypatch.setattr(cli_module, "load_rl", lambda: SimpleNamespace(add_rl_arguments=add_rl_arguments,
-                                                                      run_rl=run_rl))
+    monkeypatch.setattr(cli_module, "run_rl", run_rl)
     code = main(["demo", "--sft-steps", "2", "--group-size", "4", "--out", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
@@ -114,5 +100,32 @@ def test_demo_wires_weak_sft_into_run_rl(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "sft" / "model.pt").exists() and (tmp_path / "sft" / "metrics.jsonl").exists()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["algo"] == "grpo" and summary["rl_steps"] == 3 and summary["accuracy_after"] == 0.75
-    assert summary["accuracy_before"] == json.loads((tmp_path / "sft" / "summary.json").read_text())["accuracy_after"]
-    assert "after weak SFT" in out and "after GRPO 75.0%" in out
+    assert summary["sft_steps"] == 2 and summary["init"].endswith("model.pt")
+    assert "after weak SFT 25.0%" in out and "after GRPO 75.0%" in out
+
+
+@pytest.mark.parametrize("command", [["sft", "--steps", "1"], ["demo", "--sft-steps", "1"], ["grpo"],
+                                     ["ppo", "--steps", "1"]])
+def test_out_that_cannot_be_written_is_one_line_before_any_work(command, tmp_path, capsys):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a folder")
+    assert_one_line_error(in_process(capsys, *command, "--out", in_the_way, "--quiet"), "--out", "not a folder")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        if os.access(read_only, os.W_OK):   # running as root: permissions do not stop us; a file path does
+            target = in_the_way / "below"
+        else:
+            target = read_only / "run"
+        assert_one_line_error(in_process(capsys, *command, "--out", target, "--quiet"), "--out")
+    finally:
+        read_only.chmod(0o700)
+    assert not (tmp_path / "read-only" / "run").exists()
+
+
+def test_usage_hint_names_the_command(capsys):
+    assert main(["--bogus"]) == 2
+    assert "(see: python -m training --help)" in capsys.readouterr().err
+    assert main(["sft", "--bogus"]) == 2
+    assert "(see: python -m training sft --help)" in capsys.readouterr().err

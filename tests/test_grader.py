@@ -5,6 +5,7 @@ The graded tests themselves (tests/autograder/) run here, through the grader, ag
 test` leaves that folder out so they do not run twice. Run them directly with
 `pytest tests/autograder --impl solutions`.
 """
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import pytest
 
 from tests.hostile.submissions import GRADE, ROOT, grade_many, results_problems, solution_text
 from tools.grading import channel
-from tools.grading.reasons import reason_for
+from tools.grading.reasons import memory_reason, reason_for
 from tools.grading.report import Report, GradedTest, cap_bytes
+from tools.grading.watchdog import TimedOut, Watchdog
 from training.impl import EXERCISES
 
 MARK = "# submitted-for-the-untouched-repository-check"
@@ -73,6 +75,7 @@ def test_partial_submission(graded):
     (["--submission", ".", "--impl", "solutions"], "leave out --impl solutions"),
     (["--json", "/nonexistent/folder/results.json"], "does not exist"),
     (["--timeout", "0"], "must be positive"),
+    (["--memory-limit", "-1"], "must be positive"),
 ])
 def test_bad_arguments_get_one_line(args, message):
     done = subprocess.run([sys.executable, str(GRADE), *args], capture_output=True, text=True, cwd=ROOT)
@@ -99,6 +102,52 @@ def test_reasons():
     assert reason_for(raised(SystemExit(3))).startswith("your code called sys.exit(3)")
     assert reason_for(raised(ValueError("bad\nsecond line"))) == "ValueError: bad"
     assert len(reason_for(raised(ValueError("x" * 1000)))) <= 300
+    assert reason_for(raised(MemoryError()), memory_gib=4) == \
+        "ran out of memory (the limit is 4 GiB) - a tensor far too large, or a list growing in a loop?"
+    torch_error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 4000000000000 bytes. Error code 12")
+    assert reason_for(raised(torch_error)).startswith("ran out of memory - a tensor far too large")
+    assert memory_reason(4) == "used more than 4 GiB of memory - a tensor far too large, or a list growing in a loop?"
+
+
+def graded_function(folder, source: str, name: str):
+    """Function `name` of `source`, loaded from folder/exercises/spin.py: a graded file for the watchdog."""
+    path = folder / "exercises" / "spin.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("spin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def stopped(watchdog: Watchdog, function) -> tuple[str, str]:
+    """Run `function` as a watched test; the watchdog's (reason, function) for stopping it."""
+    watchdog.start()
+    try:
+        with pytest.raises(TimedOut):
+            function()
+    finally:
+        result = watchdog.stop()
+    return result
+
+
+def test_watchdog_stops_endless_loops(tmp_path):
+    spin = graded_function(tmp_path, "def spin():\n    while True:\n        pass\n", "spin")
+    watchdog = Watchdog(per_test=0.5, after_timeout=0.3, repeat=0.1, wall_factor=3)
+    reason, function = stopped(watchdog, spin)
+    assert reason == "took longer than 0.5 s - an endless loop? (stopped in spin, spin.py line 2)"
+    assert function == "spin.py:spin"
+    reason, _ = stopped(watchdog, spin)
+    assert reason.startswith("took longer than 0.1 s in spin() - an endless loop? (it ran too long in an earlier")
+    other = Watchdog(per_test=5, after_timeout=0.3, repeat=0.1, wall_factor=3, timed_out_before=True)
+    reason, _ = stopped(other, spin)
+    assert reason.startswith("took longer than 0.3 s in spin() - an endless loop? (an earlier test timed out")
+    passed_on = Watchdog(per_test=5, after_timeout=5, repeat=0.1, wall_factor=3, slow_functions=["spin.py:spin"])
+    reason, _ = stopped(passed_on, spin)
+    assert reason.startswith("took longer than 0.1 s in spin()")
+    watchdog.start()
+    assert watchdog.stop() == (None, None), "a test that ended in time was stopped"
 
 
 def test_records_need_the_key():

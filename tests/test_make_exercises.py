@@ -146,3 +146,53 @@ def test_loss_stubs_raise_naming_the_function():
     for name, call in calls.items():
         with pytest.raises(NotImplementedError, match=rf"^{name}: your code here$"):
             call()
+
+
+def student_share(source: str) -> tuple[int, int]:
+    """(code lines inside solution regions, all code lines) of a solution file. Code lines leave out docstrings,
+    comments (the marker lines included) and blank lines; a statement over several lines counts each line."""
+    import ast
+    import io
+    import tokenize
+
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
+    not_code = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                tokenize.ENCODING, tokenize.ENDMARKER}
+    code = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in not_code:
+            code.update(range(token.start[0], token.end[0] + 1))
+    code -= docstrings
+    inside, opened = set(), False
+    for number, line in enumerate(source.splitlines(), start=1):
+        if line.strip() in (BEGIN, END):
+            opened = line.strip() == BEGIN
+        elif opened:
+            inside.add(number)
+    return len(code & inside), len(code)
+
+
+@needs_solutions
+@pytest.mark.parametrize("exercise, methods", [
+    ("grpo_trainer", ("training_step", "update_policy")),
+    ("ppo_trainer", ("training_step", "update_policy", "collect_experiences", "compute_advantages")),
+])
+def test_students_write_the_trainers_algorithm(exercise, methods):
+    """The student writes at least 40% of each trainer's code lines, and the algorithm's methods whole."""
+    import ast
+
+    written, total = student_share((ROOT / "solutions" / f"{exercise}.py").read_text())
+    share = written / total
+    print(f"{exercise}: the student writes {written} of {total} code lines ({share:.0%})")
+    assert share >= 0.40, f"{exercise}: the student writes {written} of {total} code lines ({share:.0%}), under 40%"
+    stub = ast.parse((ROOT / "exercises" / f"{exercise}.py").read_text())
+    bodies = {node.name: node.body for node in ast.walk(stub) if isinstance(node, ast.FunctionDef)}
+    for name in methods:
+        body = bodies[name]
+        assert len(body) == 2 and isinstance(body[0], ast.Expr) and isinstance(body[1], ast.Raise), (
+            f"exercises/{exercise}.py {name}: the stub must be a docstring and a single raise")

@@ -85,3 +85,35 @@ def test_value_model_shapes_and_copy_of_the_policy_trunk():
     assert close(critic.trunk(ids), policy.trunk(ids))
     fresh = ValueModel(policy.config)
     assert fresh(ids).shape == (3, 10)
+
+
+def test_repeat_rows_gives_each_row_of_a_group_its_prompts_cache():
+    model = random_model()
+    prompts = torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(3))
+    rest = torch.randint(0, V, (12, 4), generator=torch.Generator().manual_seed(4))
+    cache = model.new_kv_cache(3)
+    model(prompts, kv_cache=cache)
+    shared = cache.repeat_rows(4)
+    assert shared.length == 6 and shared.keys[0].shape[0] == 12
+    repeated = prompts.repeat_interleave(4, dim=0)
+    expected = model(torch.cat([repeated, rest], dim=1))[:, 6:]
+    assert close(model(rest, kv_cache=shared), expected)
+
+
+def test_gradients_flow_through_a_shared_prompt_cache():
+    """The training pass may run a prompt once for its G rows: same loss and same gradients as G copies."""
+    model = random_model().train()
+    prompts = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(5))
+    rest = torch.randint(0, V, (6, 4), generator=torch.Generator().manual_seed(6))
+    weights = torch.randn(6, 4, V, generator=torch.Generator().manual_seed(7))
+    full = model(torch.cat([prompts.repeat_interleave(3, dim=0), rest], dim=1))[:, 5:]
+    (full * weights).sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    cache = model.new_kv_cache(2)
+    model(prompts, kv_cache=cache)
+    shared = model(rest, kv_cache=cache.repeat_rows(3))
+    assert close(shared, full)
+    (shared * weights).sum().backward()
+    for name, p in model.named_parameters():
+        assert close(p.grad, expected[name]), name

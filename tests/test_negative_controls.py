@@ -1,6 +1,8 @@
 """Every negative control (tests/negative_controls/*_controls.py: a known-wrong version of an exercise)
 loses points when graded as a submission, as Gradescope would grade it. A control that keeps full marks means
-a graded test lets that mistake through.
+a graded test lets that mistake through. Every positive control (tests/negative_controls/trainer_alternatives.py:
+a correct exercise written differently) gets full marks: one that loses points means a graded test rejects a
+right answer.
 
 Each control is submitted together with the reference solutions of the other exercises (the trainers import
 the student's own losses), and only its exercise is graded. The gradings run two at a time in one fixture.
@@ -9,6 +11,7 @@ import pytest
 
 from tests.hostile.submissions import ROOT, grade_many, results_problems, solution_text
 from tests.negative_controls import Control, all_controls, apply
+from tests.negative_controls.trainer_alternatives import ALTERNATIVES
 
 pytestmark = pytest.mark.slow
 CONTROLS = all_controls()
@@ -39,3 +42,22 @@ def test_control_loses_points(control: Control, graded):
         f"control {control.name} ({control.why}) keeps full marks: no graded test catches it")
     print(f"{control.name}: lost {result.results['max_score'] - result.results['score']:g} points in "
           + "; ".join(f"{name} ({reason})" for name, reason in lost.items()))
+
+
+@pytest.fixture(scope="module")
+def graded_alternatives(tmp_path_factory):
+    base = tmp_path_factory.mktemp("alternatives")
+    results = grade_many([(base / f"{c.exercise}-{c.name}", submission(c), (c.exercise,), 0.0) for c in ALTERNATIVES])
+    return dict(zip((c.name for c in ALTERNATIVES), results))
+
+
+@pytest.mark.parametrize("alternative", ALTERNATIVES, ids=[f"{c.exercise}-{c.name}" for c in ALTERNATIVES])
+def test_alternative_gets_full_marks(alternative: Control, graded_alternatives):
+    result = graded_alternatives[alternative.name]
+    assert result.returncode == 0, f"the grader did not complete:\n{result.stderr[-2000:]}"
+    assert results_problems(result.results) == []
+    lost = {test["name"]: test["output"].splitlines()[0] if test["output"] else "" for test in result.results["tests"]
+            if test["status"] == "failed"}
+    assert result.results["score"] == result.results["max_score"], (
+        f"{alternative.name} ({alternative.why}) is correct but lost points: "
+        + "; ".join(f"{name} ({reason})" for name, reason in lost.items()))

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from training.model import GPT, GPTConfig, ValueModel
-from training.rollout import generate, greedy, sequence_logprobs, values_for
+from training.rollout import generate, greedy, prompt_group_size, sequence_logprobs, values_for
 from training.tasks import make_task
 from training.tokenizer import EOS_ID, PAD_ID, TOKENIZER
 
@@ -120,3 +120,94 @@ def test_generate_restores_training_mode_and_rejects_zero_temperature():
     assert model.training
     with pytest.raises(ValueError, match="temperature"):
         generate(model, prompts(2), 3, temperature=0.0)
+
+
+def test_shared_prefill_samples_what_repeated_prompts_sample():
+    """generate(num_samples=G) prefills each prompt once; the samples, log-probs and masks are those of the G
+    repeated prompts (same generator), rows b*G .. b*G+G-1 continuing prompt b."""
+    model, p = random_model(3), prompts(8, 3)
+    shared = generate(model, p, TASK.max_new_tokens, 0.9, generator=torch.Generator().manual_seed(1), num_samples=4)
+    plain = generate(model, p.repeat_interleave(4, dim=0), TASK.max_new_tokens, 0.9,
+                     generator=torch.Generator().manual_seed(1))
+    assert shared.completions.shape[0] == 32
+    assert torch.equal(shared.completions, plain.completions)
+    assert torch.equal(shared.mask, plain.mask)
+    assert close(shared.logprobs, plain.logprobs)
+    recomputed = sequence_logprobs(model, p.repeat_interleave(4, dim=0), shared.completions, 0.9)
+    assert close(recomputed * shared.mask, shared.logprobs), "the rollout's log-probs must be log pi_old"
+
+
+def test_generate_is_deterministic_on_cpu():
+    model, p = random_model(4), prompts(8, 4)
+    runs = [generate(model, p, TASK.max_new_tokens, generator=torch.Generator().manual_seed(9), num_samples=3)
+            for _ in range(2)]
+    assert torch.equal(runs[0].completions, runs[1].completions)
+    assert torch.equal(runs[0].logprobs, runs[1].logprobs)
+
+
+def test_prompt_group_size_finds_runs_of_equal_prompts():
+    p = prompts(4)
+    assert prompt_group_size(p.repeat_interleave(8, dim=0)) == 8
+    assert prompt_group_size(p) == 1
+    assert prompt_group_size(p.repeat(2, 1)) == 1, "prompt b repeated after the others is not a group"
+    ragged = torch.cat([p[:1].repeat(3, 1), p[1:2].repeat(2, 1)])
+    assert prompt_group_size(ragged) == 1, "groups of unequal size are not shared"
+    assert prompt_group_size(p[:1].repeat(6, 1)) == 6
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_shared_prompt_training_pass_equals_the_plain_pass(temperature):
+    """sequence_logprobs runs a group's prompt once: log-probs, entropy and gradients as with G full rows."""
+    model, p = random_model(5), prompts(6, 5)
+    model.train()
+    rows = p.repeat_interleave(4, dim=0)
+    r = generate(model, p, TASK.max_new_tokens, temperature, generator=torch.Generator().manual_seed(2), num_samples=4)
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        logprobs, entropy = sequence_logprobs(model, rows, r.completions, temperature, with_entropy=True,
+                                              share_prompts=share)
+        ((logprobs * r.mask).sum() + entropy.sum()).backward()
+        results.append((logprobs, entropy, [q.grad.clone() for q in model.parameters()]))
+    (lp_a, ent_a, grad_a), (lp_b, ent_b, grad_b) = results
+    assert close(lp_a, lp_b) and close(ent_a, ent_b)
+    for a, b in zip(grad_a, grad_b):
+        assert close(a, b)
+
+
+def _tiny_grpo_run(share, steps=3, seed=0, group=4):
+    """A seeded GRPO-style run (rollout, group advantages, one update per step); returns what it produced."""
+    model = random_model(seed, scale=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator, data = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    out = []
+    for _ in range(steps):
+        batch = TASK.sample(8, data)
+        if share:
+            r = generate(model, batch.prompts, TASK.max_new_tokens, generator=generator, num_samples=group)
+        else:
+            r = generate(model, batch.prompts.repeat_interleave(group, 0), TASK.max_new_tokens, generator=generator)
+        rows = batch.prompts.repeat_interleave(group, 0)
+        rewards = TASK.reward(r.completions, batch.answers.repeat_interleave(group, 0), kind="partial").view(-1, group)
+        advantages = (rewards - rewards.mean(1, keepdim=True)).view(-1, 1)
+        model.train()
+        logprobs = sequence_logprobs(model, rows, r.completions, share_prompts=share)
+        loss = -(torch.exp(logprobs - r.logprobs) * advantages * r.mask).sum() / r.mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        out.append((r.completions, loss.detach()))
+    return out, [q.detach().clone() for q in model.parameters()]
+
+
+def test_a_seeded_run_is_the_same_with_and_without_sharing_and_deterministic():
+    shared, weights_shared = _tiny_grpo_run(share=True)
+    plain, weights_plain = _tiny_grpo_run(share=False)
+    again, weights_again = _tiny_grpo_run(share=True)
+    for (c_s, loss_s), (c_p, loss_p), (c_a, loss_a) in zip(shared, plain, again):
+        assert torch.equal(c_s, c_p), "sharing the prompt must not change what is sampled"
+        assert torch.allclose(loss_s, loss_p, rtol=1e-4, atol=1e-6)
+        assert torch.equal(c_s, c_a) and torch.equal(loss_s, loss_a), "same seed, same numbers"
+    for a, b, c in zip(weights_shared, weights_plain, weights_again):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert torch.equal(a, c)

@@ -5,7 +5,8 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.device import seed_everything
 from training.model import make_model
 from training.runlog import read_metrics
-from training.sft import answer_loss, learning_rate, sft_loss, train_sft
+from training.schedule import learning_rate
+from training.sft import answer_loss, sft_loss, train_sft
 from training.tasks import make_task
 from training.tokenizer import TOKENIZER
 

@@ -1,7 +1,7 @@
 """The autograder: runs the graded tests against an implementation and reports a score students can trust.
 
     python tools/grade.py [--impl exercises|solutions] [--submission DIR] [--json results.json]
-                          [--expect-full | --expect-zero] [EXERCISE ...]
+                          [--expect-full | --expect-zero] [--timeout S] [--memory-limit GIB] [EXERCISE ...]
 
 It prints one line per graded test (`PASS 2/2 grpo_loss::clipping`,
 `FAIL 0/3 ppo_loss::gae  - <what is likely wrong>`), a subtotal per exercise and `TOTAL: X/Y` last.
@@ -13,6 +13,11 @@ The graded tests are tests/autograder/test_<exercise>.py; each carries `@pytest.
   --submission DIR   grade the exercise files in DIR (grpo_loss.py, ...; or DIR/exercises/): the form
                      Gradescope uses. A file that is missing grades as "file not submitted".
   --expect-full, --expect-zero   exit 1 unless the score is full marks / zero (for CI)
+  --timeout S        CPU seconds per test (default 10; three times that in wall time). Once a test has timed
+                     out, each call into graded code gets 2 s, and a call of a function that already ran too
+                     long 0.25 s (the graded code's calls take milliseconds): endless loops everywhere cost
+                     seconds, not minutes
+  --memory-limit GIB memory per test process (default 4 GiB); a test that uses more fails, the rest go on
 
 Exit code: 0 when grading completed, whatever the score; 1 when an --expect-... is not met; 2 for bad
 arguments or when the graded tests themselves could not be collected.
@@ -25,15 +30,18 @@ How it runs (tools/grading/ holds the parts)
 The grader reads the course folder into memory (without .git, .venv, runs, notebooks, and solutions/ unless
 --impl solutions), then runs each exercise's tests in a child `pytest` process, two at a time, each in a
 fresh temporary copy of that folder with the graded files in exercises/. The repository is never touched.
-The child loads a small plugin that sends one signed record per event to the grader over a pipe. The
-grader, from outside, kills a child whose test uses more than --timeout seconds (default 10) of CPU time
-(or three times that in wall time: a test that sleeps or waits) or prints more than 1 MB, and stops
-everything after --time-limit seconds; a test that hangs, floods or takes the
-process down (os._exit, a crash, a KeyboardInterrupt) fails with a one-line reason and the tests after it
-run in a fresh child. The exercise module is imported once before its tests, so an import that raises,
-exits, hangs or is not valid Python fails every test of that exercise once, with the reason (a syntax
-error shows its line). The graded tests themselves check values, NaN/inf, shapes, dtypes and that inputs
-are left unmodified, and their assertion messages are the reasons shown.
+The child loads a small plugin that sends one signed record per event to the grader over a pipe. A test
+that uses more than --timeout seconds of CPU time (or three times that in wall time: a test that sleeps or
+waits) is stopped inside the child (tools/grading/watchdog.py), and the next test runs on. From outside, the
+grader kills a child whose test goes a second past that limit anyway (code that resists being stopped),
+holds more than --memory-limit GiB of memory (its address space is capped at twice that, so a huge
+allocation fails at once, with a memory reason), or prints more than 1 MB, and stops everything after
+--time-limit seconds; a test that hangs, floods, runs out of memory or takes the process down (os._exit, a
+crash, a KeyboardInterrupt) fails with a one-line reason and the tests after it run in a fresh child. The
+exercise module is imported once before its tests, so an import that raises, exits, hangs or is not valid
+Python fails every test of that exercise once, with the reason (a syntax error shows its line). The graded
+tests themselves check values, NaN/inf, shapes, dtypes and that inputs are left unmodified, and their
+assertion messages are the reasons shown.
 
 Threat model (what a submission cannot do to the score, and what is out of scope)
 Student code runs with the grader's user rights inside the child, so the defence is layered:
@@ -55,12 +63,15 @@ Student code runs with the grader's user rights inside the child, so the defence
     from the in-memory copy, so nothing carries over. Editing the Python installation (pytest, pluggy,
     torch's testing code, a .pth file) is noticed the same way and fails everything.
   - Limits and leftovers: each child has its own process group and the grader is a child subreaper, so a
-    process forked off to write results.json after grading ends is killed when grading ends.
+    process forked off to write results.json after grading ends is killed when grading ends. The time and
+    memory limits are enforced from outside the child; stopping a test inside it (the watchdog) only saves
+    time, and code that defeats it is killed a second later with the same reason.
 Out of scope: student code shares the child's interpreter with the plugin, so code written against the
 grader itself (reading the plugin's closures or objects through gc, rewriting code objects, ptrace) can
-forge records; so can attacks on the machine (memory exhaustion, other users' files). Such code has to
-name what it attacks: the report lists the words of tools/grading/review.py found in a submitted file
-("review: grpo_loss.py mentions _pytest, /proc/") for an instructor to read; they never change the score.
+forge records; so can attacks on the machine (memory spread over many forked processes, other users'
+files). Such code has to name what it attacks: the report lists the words of tools/grading/review.py found
+in a submitted file ("review: grpo_loss.py mentions _pytest, /proc/") for an instructor to read; they never
+change the score.
 Run graders in a throwaway container per submission (Gradescope does) and keep solutions/ off the grading
 machine (upload the release, not this repository).
 """
@@ -96,14 +107,18 @@ def parse_args(argv):
     expect.add_argument("--expect-full", action="store_true", help="exit 1 unless the score is full marks")
     expect.add_argument("--expect-zero", action="store_true", help="exit 1 unless the score is zero")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                        help="CPU seconds per test (default 10; three times that in wall time)")
+                        help=f"CPU seconds per test (default 10; three times that in wall time); once a test has "
+                             f"timed out, a call into graded code gets {Limits.after_timeout:g} s "
+                             f"({Limits.repeat:g} s for a function that ran too long before)")
+    parser.add_argument("--memory-limit", type=float, default=4.0, metavar="GIB",
+                        help="GiB of memory per test process (default 4; address space twice that)")
     parser.add_argument("--time-limit", type=float, default=600.0, metavar="S",
                         help="seconds for the whole run (default 600)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
                         help="exercises graded at the same time (default 2)")
     args = parser.parse_args(argv)
-    if args.timeout <= 0 or args.time_limit <= 0 or args.jobs < 1:
-        raise UsageError("--timeout and --time-limit must be positive, --jobs at least 1")
+    if args.timeout <= 0 or args.time_limit <= 0 or args.memory_limit <= 0 or args.jobs < 1:
+        raise UsageError("--timeout, --time-limit and --memory-limit must be positive, --jobs at least 1")
     if args.submission is not None and args.impl == "solutions":
         raise UsageError("--submission grades the submitted files: leave out --impl solutions")
     return args
@@ -175,7 +190,7 @@ def main(argv=None) -> int:
     print(f"{first} ({', '.join(graded)})", flush=True)
     for line in reviews:
         print(line, file=sys.stderr)
-    limits = Limits(per_test=args.timeout, whole_run=args.time_limit, jobs=args.jobs)
+    limits = Limits(per_test=args.timeout, whole_run=args.time_limit, memory_gib=args.memory_limit, jobs=args.jobs)
     signal.signal(signal.SIGTERM, _stop)  # a CI timeout: end the children and keep results.json valid
     try:
         Runner(report, files, "solutions" if args.impl == "solutions" else "exercises", limits, jobs).run()

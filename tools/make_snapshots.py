@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loss.names import LOSS_AGG_MODES  # noqa: E402
 from training.impl import load  # noqa: E402
 
 SNAPSHOTS = ROOT / "tests" / "autograder" / "snapshots"
@@ -71,7 +72,7 @@ def grpo_snapshot(module, generator) -> dict:
     mask = prefix_mask([6, 3, 0, 1, 4], 6)
     loss_mat = with_garbage(draw(generator, 5, 6), mask, generator)
     aggregate = {"loss_mat": loss_mat, "mask": mask, "max_len": 10}
-    aggregate.update({mode: module.aggregate_loss(loss_mat, mask, mode) for mode in module.AGG_MODES})
+    aggregate.update({mode: module.aggregate_loss(loss_mat, mask, mode) for mode in LOSS_AGG_MODES})
     aggregate["seq-mean-token-sum-norm, max_len=10"] = module.aggregate_loss(
         loss_mat, mask, "seq-mean-token-sum-norm", aggregate["max_len"])
 

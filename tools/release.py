@@ -36,7 +36,7 @@ MARKERS = SOLUTION_MARKERS + (HIDDEN_BEGIN, HIDDEN_END)
 
 INSTRUCTOR_ONLY = (
     "solutions/", "tests/negative_controls/", "tests/hostile/",
-    "tools/make_exercises.py", "tools/make_snapshots.py", "tools/release.py",
+    "tools/make_exercises.py", "tools/make_snapshots.py", "tools/release.py", "tools/lessons_catch_controls.py",
     "tests/test_make_exercises.py", "tests/test_release.py", "tests/test_negative_controls.py",
     "tests/test_grader.py",
 )

@@ -12,6 +12,12 @@ position; those do not change, so we keep them in preallocated buffers (KVCache)
 prefix at every step. `model(prompts, kv_cache=cache)` fills the cache with the prompt ("prefill"), then
 `model(last_token[:, None], kv_cache=cache)` costs one position per step. The logits are the same either way
 (tests/test_model.py checks it).
+
+Sharing a prompt. GRPO samples G completions of every prompt, so the G rows of a group start with the same
+prompt tokens, whose keys and values are therefore the same too. `cache.repeat_rows(G)` copies a cache filled
+from B prompts into a cache of B * G rows (row b -> rows b*G .. b*G+G-1): the prompt is run once, not G times.
+The copy is an ordinary tensor operation, so gradients flow through it to the shared prompt positions
+(training.rollout uses this for the rollout and for the training pass).
 """
 import math
 from dataclasses import dataclass
@@ -44,26 +50,44 @@ class UnknownPresetError(ValueError):
 class KVCache:
     """Keys and values of every layer for the positions seen so far, in preallocated buffers.
 
-    keys, values: [n_layer, N, n_head, max_len, head_dim]; `length` = how many positions are filled.
+    keys[layer], values[layer]: [N, n_head, max_len, head_dim]; `length` = how many positions are filled.
+    The buffers start uninitialised (torch.empty): positions past `length` are never read. Autograd can run
+    through a cache (the training pass shares prompts this way), as long as a cache whose keys a graph has read
+    is not written again: fill one, then go on in its repeat_rows() copy.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len=None, device=None, dtype=torch.float32):
         max_len = max_len or config.block_size
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0
 
     @property
     def max_len(self) -> int:
-        return self.keys.shape[3]
+        return self.keys[0].shape[2]
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write the new positions' k, v [N, H, L, D] after the filled ones; return all keys, values so far."""
         end = self.length + k.shape[2]
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def repeat_rows(self, repeats: int) -> "KVCache":
+        """A new cache of N * repeats rows: row b of this one becomes rows b*repeats .. b*repeats + repeats - 1
+        (like Tensor.repeat_interleave). Only the filled positions are copied; differentiable."""
+        out = KVCache.__new__(KVCache)
+        out.length = self.length
+        out.keys, out.values = [], []
+        for src, dst in ((self.keys, out.keys), (self.values, out.values)):
+            for buffer in src:
+                n, h, max_len, d = buffer.shape
+                new = buffer.new_empty(n * repeats, h, max_len, d)
+                # one broadcasting copy: [n, 1, h, length, d] -> [n, repeats, h, length, d]
+                new.view(n, repeats, h, max_len, d)[:, :, :, : self.length] = buffer[:, None, :, : self.length]
+                dst.append(new)
+        return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,11 +114,14 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, dropout_p=dropout)
         elif length == 1:  # one new position may see every earlier one: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # several new positions after a filled cache: query i sees keys j <= start + i
+        else:  # several new positions after a filled cache (a shared prompt): query i sees keys j <= start + i.
+            # Written out: with an explicit mask, SDPA's CPU kernel is slower than these few ops at this size.
             allowed = torch.arange(start + length, device=x.device)[None, :] <= (
                 start + torch.arange(length, device=x.device)[:, None]
             )
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+            weights = F.dropout(scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1), dropout)
+            y = weights @ v
         y = y.transpose(1, 2).contiguous().view(n, length, c)
         return self.c_proj(y)
 

@@ -27,30 +27,41 @@ def exact_match(completions: torch.Tensor, answers: torch.Tensor) -> torch.Tenso
     return (head == answers).all(dim=1).float()
 
 
+def _answer_positions(answers: torch.Tensor) -> torch.Tensor:
+    """bool [N, A]: the positions up to and including each answer's EOS (all A of them when answers are not
+    padded; fewer for the variable-length task, whose answers are PAD-filled after their EOS)."""
+    is_eos = answers == EOS_ID
+    return (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+
+
 def partial_credit(completions: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """r = (1/A) * sum_{j<A} [c[j] == a[j]]: the fraction of answer positions (digits and the final EOS) right.
+    """r = (1/n) * sum_{j<n} [c[j] == a[j]]: the fraction of the answer's n positions (digits and its EOS) right.
 
     r == 1 exactly when exact_match == 1, so partial credit is a denser signal with the same optimum.
     """
     head = _first_answer_slots(completions, answers.shape[1])
-    return (head == answers).float().mean(dim=1)
+    positions = _answer_positions(answers).float()
+    return ((head == answers).float() * positions).sum(dim=1) / positions.sum(dim=1)
 
 
 def format_ok(completions: torch.Tensor, answers: torch.Tensor, allowed_ids=None) -> torch.Tensor:
-    """r = 1 if the completion is well formed: A-1 answer characters, then EOS at position A-1; else 0.
+    """r = 1 if the completion is well formed: as many answer characters as the answer has, then EOS; else 0.
 
     An answer character is any id in `allowed_ids` (default: every id except PAD and EOS). Whether the
     characters are the *right* ones does not matter here: this rewards the shape of an answer, not its content.
     """
-    a = answers.shape[1]
-    head = _first_answer_slots(completions, a)
-    body, last = head[:, : a - 1], head[:, a - 1]
+    head = _first_answer_slots(completions, answers.shape[1])
+    positions = _answer_positions(answers)
+    is_answer_eos = positions & (answers == EOS_ID)
+    body = positions & ~is_answer_eos
     if allowed_ids is None:
-        body_ok = body > EOS_ID
+        char_ok = head > EOS_ID
     else:
-        allowed = torch.as_tensor(list(allowed_ids), device=completions.device)
-        body_ok = torch.isin(body, allowed)
-    return (body_ok.all(dim=1) & (last == EOS_ID)).float()
+        char_ok = torch.isin(head, torch.as_tensor(list(allowed_ids), device=completions.device))
+    body_ok = (char_ok | ~body).all(dim=1)
+    eos_ok = ((head == EOS_ID) | ~is_answer_eos).all(dim=1)
+    return (body_ok & eos_ok).float()
 
 
 REWARDS = {"exact": exact_match, "partial": partial_credit, "format": format_ok}
+REWARD_KINDS = tuple(REWARDS)  # the names `task.reward(..., kind=...)`, the trainers and --reward accept

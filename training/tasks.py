@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from . import rewards
-from .tokenizer import EOS_ID, TOKENIZER
+from .tokenizer import EOS_ID, PAD_ID, TOKENIZER
 
-TASKS = ("sort", "add")
+TASKS = ("sort", "add", "sort_var")
 OPS = {"add": "+", "sub": "-", "mul": "*"}
 HELD_OUT_EVERY = 10  # about 1 problem in 10 is held out
 EVAL_SIZE = 500
@@ -155,6 +155,39 @@ class SortTask(Task):
         return prompts, answers
 
 
+class VariableSortTask(SortTask):
+    """Sort between min_length and length digits: answers of different lengths (the length-bias experiments).
+
+        prompt  PAD PAD PAD 3 1 4 1 5 9 2 =      (left-padded with PAD to a fixed width)
+        answer  1 1 2 3 4 5 9 EOS PAD PAD PAD    (right-padded with PAD after the EOS)
+
+    Prompts keep one width, so a batch is still a plain [N, P] tensor; a longer list means a longer answer.
+    """
+
+    name = "sort_var"
+
+    def __init__(self, length: int = 10, max_digit: int = 9, min_length: int = 2):
+        if not 1 <= min_length <= length:
+            raise UnknownTaskError(f"sort_var needs 1 <= min_length <= length, got {min_length}, {length}")
+        self.min_length = min_length
+        super().__init__(length=length, max_digit=max_digit)
+        self.options = dict(length=length, max_digit=max_digit, min_length=min_length)
+
+    def _draw(self, n, generator):
+        prompts, answers = super()._draw(n, generator)
+        sizes = torch.randint(self.min_length, self.length + 1, (n, 1), generator=generator, device=generator.device)
+        slots = torch.arange(self.length, device=generator.device)
+        digits = prompts[:, : self.length]
+        kept = slots >= self.length - sizes                                  # the last `size` digits stay
+        prompts = torch.cat([torch.where(kept, digits, PAD_ID), prompts[:, self.length :]], dim=1)
+        big = _DIGIT0 + 10                                                   # sorts after every digit
+        ordered = torch.where(kept, digits, big).sort(dim=1).values
+        body = torch.where(slots < sizes, ordered, PAD_ID)
+        answers = torch.cat([body, torch.full((n, 1), PAD_ID, device=generator.device)], dim=1)
+        answers.scatter_(1, sizes, EOS_ID)
+        return prompts, answers
+
+
 class ArithmeticTask(Task):
     """a OP b with `digits`-digit operands, zero-padded:  "007+042=" -> "9400" EOS (reversed 0049).
 
@@ -198,7 +231,7 @@ def make_task(name: str, **options) -> Task:
     """make_task("sort") or make_task("add", digits=3, op="add", reverse_answer=True)."""
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    cls = SortTask if name == "sort" else ArithmeticTask
+    cls = {"sort": SortTask, "add": ArithmeticTask, "sort_var": VariableSortTask}[name]
     try:
         return cls(**options)
     except TypeError as err:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from loss.names import LOSS_AGG_MODES
 from tests.autograder.snapshots import assert_close, assert_metrics, is_close, load_snapshot, snapshot_label, tensor
 
 LESSON_REWARDS = [[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]]     # seed 000: two prompts, four samples each
@@ -179,7 +180,7 @@ def test_aggregate_seq_mean_token_sum_norm(grpo_loss):
 @pytest.mark.points(1)
 def test_aggregate_all_zero_mask(grpo_loss):
     """No response token at all: every mode gives 0 (not NaN), and a zero gradient."""
-    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+    for mode in LOSS_AGG_MODES:
         loss_mat = torch.tensor(AGG_LOSS, requires_grad=True)
         result = grpo_loss.aggregate_loss(loss_mat, torch.zeros(4, 4), mode)
         assert torch.isfinite(result), f"{mode} of an all-zero mask is {result.item()}: guard the division (0 / 0)"
@@ -405,6 +406,77 @@ def test_float64_bool_mask_and_inputs_untouched(grpo_loss):
     assert_close(loss, float_loss, "loss with a bool mask", "a bool mask must count like the same float mask.")
 
 
+# ---------------------------------------------------------------- advantages given by a trainer
+
+ADV_NEW = [[[-1.0, -1.0, -2.0], [-1.0, -2.0, -1.5]]]            # B=1, G=2, T=3
+ADV_OLD = [[[-1.1, -0.8, -2.0], [-1.0, -1.9, -9.0]]]            # ratios e^.1, e^-.2, 1 | 1, e^-.1, (padding)
+ADV_MASK = [[[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]]
+
+
+def clipped_term(ratio, advantage, eps=0.2):
+    return -min(ratio * advantage, min(max(ratio, 1 - eps), 1 + eps) * advantage)
+
+
+@pytest.mark.points(2)
+def test_advantages_used_as_given(grpo_loss):
+    """advantages= [B, G]: used exactly as given, never centred or divided by a std (a trainer's estimator may
+    give non-centred advantages, e.g. pass@k's best-only or REINFORCE++'s batch-whitened ones)."""
+    loss_fn = grpo_loss.GRPOLoss(clip_epsilon=0.2, kl_beta=0.0)
+    advantages = torch.tensor([[1.0, 0.5]])                       # both positive: centring would change them
+    loss = loss_fn(torch.tensor(ADV_NEW), torch.tensor(ADV_OLD), advantages=advantages,
+                   response_mask=torch.tensor(ADV_MASK))
+    e = math.exp
+    seq0 = (clipped_term(e(0.1), 1.0) + clipped_term(e(-0.2), 1.0) + clipped_term(1.0, 1.0)) / 3
+    seq1 = (clipped_term(1.0, 0.5) + clipped_term(e(-0.1), 0.5)) / 2
+    centred = ((clipped_term(e(0.1), 0.25) + clipped_term(e(-0.2), 0.25) + clipped_term(1.0, 0.25)) / 3
+               + (clipped_term(1.0, -0.25) + clipped_term(e(-0.1), -0.25)) / 2) / 2
+    if is_close(loss, centred):
+        pytest.fail("advantages= were centred in their group: use the given advantages exactly as they are")
+    assert_close(loss, (seq0 + seq1) / 2, "loss with advantages=[[1.0, 0.5]]",
+                 "with advantages= skip the group step: A is given (only reshape it to broadcast over the tokens).")
+
+
+@pytest.mark.points(1)
+def test_token_level_advantages(grpo_loss):
+    """advantages= [B, G, T]: one advantage per token, each multiplying its own token's ratio."""
+    loss_fn = grpo_loss.GRPOLoss(clip_epsilon=0.2, kl_beta=0.0, loss_agg_mode="token-mean")
+    advantages = torch.tensor([[[1.0, -2.0, 0.5], [0.0, 3.0, 99.0]]])   # 99 sits on padding
+    loss = loss_fn(torch.tensor(ADV_NEW), torch.tensor(ADV_OLD), advantages=advantages,
+                   response_mask=torch.tensor(ADV_MASK))
+    e = math.exp
+    expected = (clipped_term(e(0.1), 1.0) + clipped_term(e(-0.2), -2.0) + clipped_term(1.0, 0.5)
+                + clipped_term(1.0, 0.0) + clipped_term(e(-0.1), 3.0)) / 5
+    assert_close(loss, expected, "token-mean loss with [B, G, T] advantages",
+                 "token-level advantages are used per token as given: do not average them per sequence.")
+
+
+GSPO_NEW = [[[-1.0, -2.0, -0.5, 7.0], [-1.0, -1.0, 3.0, 3.0]]]       # B=1, G=2, T=4; padding holds garbage
+GSPO_OLD = [[[-1.3, -1.9, -0.8, -9.0], [-0.9, -1.1, -8.0, 8.0]]]
+GSPO_MASK = [[[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]
+
+
+@pytest.mark.points(2)
+def test_gspo_sequence_ratio(grpo_loss):
+    """GSPO: every token of a completion shares s = exp(mean over its RESPONSE tokens of log(pi_theta / pi_old)).
+    Sequence 0: mean(.3, -.1, .3) = 1/6 -> s = e^(1/6); sequence 1: mean(-.1, .1) = 0 -> s = 1."""
+    loss_fn = grpo_loss.GRPOLoss(clip_epsilon=0.2, kl_beta=0.0, importance_sampling_level="sequence")
+    advantages = torch.tensor([[1.0, -1.0]])
+    loss = loss_fn(torch.tensor(GSPO_NEW), torch.tensor(GSPO_OLD), advantages=advantages,
+                   response_mask=torch.tensor(GSPO_MASK))
+    e = math.exp
+    expected = (clipped_term(e(1 / 6), 1.0) + clipped_term(1.0, -1.0)) / 2
+    token_level = ((clipped_term(e(0.3), 1) + clipped_term(e(-0.1), 1) + clipped_term(e(0.3), 1)) / 3
+                   + (clipped_term(e(-0.1), -1) + clipped_term(e(0.1), -1)) / 2) / 2
+    over_padding = (clipped_term(e((0.3 - 0.1 + 0.3 + 16.0) / 4), 1.0) + clipped_term(e((0.0 + 11.0 - 5.0) / 4), -1.0)) / 2
+    if is_close(loss, token_level):
+        pytest.fail("importance_sampling_level='sequence' was ignored: the ratio is still one per token")
+    if is_close(loss, over_padding):
+        pytest.fail("the sequence ratio averaged the padding in: take the mean log-ratio over the response tokens "
+                    "only (a masked mean)")
+    assert_close(loss, expected, "GSPO loss (importance_sampling_level='sequence')",
+                 "s_i = exp(masked mean over the response tokens of logp - old_logp), the same for all tokens of i.")
+
+
 # ---------------------------------------------------------------- snapshots (seeded reference values)
 
 @pytest.mark.points(1)
@@ -420,7 +492,7 @@ def test_snapshot_functions(grpo_loss):
     for kind in ("k1", "k2", "k3"):
         assert_close(grpo_loss.kl_estimate(tensor(kl["logp"]), tensor(kl["ref_logp"]), kind), kl[kind], f"snapshot {kind}")
     agg = snap["aggregate_loss"]
-    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+    for mode in LOSS_AGG_MODES:
         assert_close(grpo_loss.aggregate_loss(tensor(agg["loss_mat"]), tensor(agg["mask"]), mode), agg[mode],
                      f"snapshot aggregate_loss {mode}", "check how this mode treats padding and empty rows.")
     assert_close(grpo_loss.aggregate_loss(tensor(agg["loss_mat"]), tensor(agg["mask"]), "seq-mean-token-sum-norm",
@@ -438,7 +510,7 @@ def check_grpo_case(grpo_loss, name):
     label = snapshot_label("GRPOLoss", case["config"])
     assert_close(loss, case["loss"], f"{label} loss")
     assert_close(grad, case["grad"], f"{label} gradient wrt policy_logprobs")
-    assert_metrics(loss_fn.metrics, case["metrics"], label)
+    return loss_fn.metrics, case["metrics"], label
 
 
 @pytest.mark.points(1)
@@ -458,6 +530,14 @@ def test_snapshot_variants(grpo_loss):
 def test_snapshot_sequence_level(grpo_loss):
     """[B, G] sequence logprobs, default settings."""
     check_grpo_case(grpo_loss, "sequence_level")
+
+
+@pytest.mark.points(1)
+def test_snapshot_metrics(grpo_loss):
+    """metrics after the stored cases: clip_fraction, kl and ratio_mean over the response tokens only."""
+    for name in ("default", "dapo", "k2_small_clip"):
+        metrics, expected, label = check_grpo_case(grpo_loss, name)
+        assert_metrics(metrics, expected, label)
 
 
 ### BEGIN HIDDEN TESTS

@@ -11,6 +11,8 @@ from tests.hostile.submissions import at_import, in_function, solution_text, stu
 
 EXERCISE = "grpo_loss"
 LOOP_TIMEOUT = "3"  # --timeout for the cases that hang, so that the battery stays fast
+MEMORY_LIMIT = "1"  # --memory-limit (GiB) for the cases that hoard memory, so that they hit it within seconds
+HOARD = "_hoard = []\nwhile True:\n    _hoard.append(len(_hoard))"  # a list growing forever (~40 bytes a turn)
 # The misbehaviour inside a function happens only for a group of one, which a single test (group_of_one_raises)
 # asks for: one test loses its points, and the battery pays one time-out or restart per case, not ten.
 ONE_TEST = "if rewards.shape[-1] == 1:"
@@ -65,6 +67,10 @@ CASES = [
          "your code called sys.exit('bye') (grpo_loss.py line"),
     Case("keyboard_interrupt_in_function", "solution", "group_advantages", f"{ONE_TEST}\n    raise KeyboardInterrupt",
          "your code raised KeyboardInterrupt (grpo_loss.py line"),
+    Case("swallows_the_timeout", "solution", "group_advantages",
+         f"{ONE_TEST}\n    while True:\n        try:\n            while True:\n                pass\n"
+         "        except BaseException:\n            pass",
+         "took longer than 3 s - an endless loop?", args=("--timeout", LOOP_TIMEOUT)),
     Case("segfault_in_function", "solution", "group_advantages",
          f"import os, signal\n{ONE_TEST}\n    os.kill(os.getpid(), signal.SIGSEGV)", "killed by signal SIGSEGV"),
     # -- broken files
@@ -72,6 +78,17 @@ CASES = [
          "importing grpo_loss.py failed: RuntimeError: broken at import (grpo_loss.py line", every=True),
     Case("syntax_error", "solution", "import", "def broken(:\n    pass",
          "importing grpo_loss.py failed: syntax error in grpo_loss.py line", every=True),
+    # -- memory bombs
+    Case("list_growing_at_import", "solution", "import", HOARD,
+         "importing grpo_loss.py used more than 1 GiB of memory - a tensor far too large, or a list growing",
+         every=True, args=("--memory-limit", MEMORY_LIMIT)),
+    Case("list_growing_in_function", "solution", "group_advantages",
+         f"{ONE_TEST}\n" + textwrap.indent(HOARD, "    "),
+         "used more than 1 GiB of memory - a tensor far too large", args=("--memory-limit", MEMORY_LIMIT)),
+    Case("huge_tensor_at_import", "solution", "import", "_huge = torch.zeros(10**12)",
+         "importing grpo_loss.py failed: ran out of memory (grpo_loss.py line", every=True),
+    Case("huge_tensor_in_function", "solution", "group_advantages", f"{ONE_TEST}\n    torch.empty(10**12)",
+         "ran out of memory (grpo_loss.py line"),
     # -- output floods
     Case("print_flood_in_function", "solution", "group_advantages", f"{ONE_TEST}\n    while True:\n        print('x' * 1000)",
          "printed more than 1 MB of output - a print inside a loop?"),

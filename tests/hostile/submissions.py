@@ -56,6 +56,24 @@ def in_function(source: str, qualname: str, block: str) -> str:
     return "".join(lines[: first.lineno - 1] + _indented(block, indent) + lines[first.lineno - 1:])
 
 
+def in_every_function(source: str, block: str) -> str:
+    """`block` put in as the first statement (after the docstring) of every function and method (except one
+    whose body is on its `def` line)."""
+    tree = ast.parse(source)
+    firsts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            docstring = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            first = body[1] if docstring and len(body) > 1 else body[0]
+            if first.lineno > node.lineno:
+                firsts.append(first)
+    lines = source.splitlines(keepends=True)
+    for first in sorted(firsts, key=lambda node: node.lineno, reverse=True):
+        lines[first.lineno - 1:first.lineno - 1] = _indented(block, " " * first.col_offset)
+    return "".join(lines)
+
+
 @dataclass
 class Graded:
     returncode: int

@@ -3,12 +3,17 @@ valid results.json with the same tests and points as the reference, scores below
 the expected reason on the failed test's line.
 
 All the gradings run first, two at a time, in one module fixture (about a minute on two quiet cores); each
-test then checks one case.
+test then checks one case. Last, on its own, a submission whose every function loops forever is graded: every
+test fails as an endless loop, and the time limits granted add up to at most HANG_EVERYWHERE_BUDGET_S.
 """
+import os
+import re
+
 import pytest
 
 from tests.hostile.cases import CASES, EXERCISE, Case
-from tests.hostile.submissions import grade_many, results_problems, solution_text
+from tests.hostile.submissions import ROOT, grade, grade_many, in_every_function, results_problems, solution_text
+from training.impl import EXERCISES
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +58,30 @@ def test_hostile_submission(case: Case, graded):
     assert expected in outputs[matching[0]].lower(), "results.json does not give the reason"
     if case.review:
         assert f"review: {EXERCISE}.py mentions" in result.results["output"] and case.review in result.results["output"]
+
+
+HANG_EVERYWHERE_BUDGET_S = 90  # CPU seconds the limits may grant in all; each test waiting 10 s took minutes
+
+
+def test_hang_everywhere_is_graded_fast(tmp_path):
+    """Every function of every exercise loops forever: each test fails as an endless loop, at most one per
+    exercise waits the full --timeout, and the limits the grader grants add up to seconds, not minutes.
+    (The wall time is printed, not asserted: on a loaded machine it stretches; the limits do not.)"""
+    exercises = [ex for ex in EXERCISES if (ROOT / "tests" / "autograder" / f"test_{ex}.py").is_file()]
+    files = {f"{ex}.py": in_every_function(solution_text(ex), "while True:\n    pass") for ex in exercises}
+    result = grade(tmp_path, files)
+    assert result.returncode == 0, f"the grader did not complete (exit {result.returncode}):\n{result.stderr[-2000:]}"
+    assert results_problems(result.results) == [], result.results
+    tests = result.results["tests"]
+    assert {test["name"].split("::")[0] for test in tests} == set(exercises)
+    assert result.results["score"] == 0 and all(test["status"] == "failed" for test in tests), result.stdout
+    failed = result.failed()
+    assert len(failed) == len(tests), result.stdout
+    assert all("an endless loop" in reason for reason in failed.values()), result.stdout
+    limits = [float(re.match(r"took longer than ([0-9.]+) s", reason).group(1)) for reason in failed.values()]
+    full_waits = [limit for limit in limits if limit >= 10]
+    assert len(full_waits) <= len(exercises), f"{len(full_waits)} tests waited the full time-out:\n{result.stdout}"
+    assert sum(limits) <= HANG_EVERYWHERE_BUDGET_S, (
+        f"the limits granted add up to {sum(limits):.1f} s of CPU time for {len(tests)} hanging tests:\n{result.stdout}")
+    print(f"a submission that hangs everywhere ({len(tests)} tests) was graded in {result.seconds:.1f} s of wall time "
+          f"(limits granted: {sum(limits):.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -89,6 +89,27 @@ CONTROLS = [
             (("log_ratio = masked_mean(log_ratio, mask, dim=-1, keepdim=True)",
               "log_ratio = masked_sum(log_ratio, mask, dim=-1, keepdim=True)"),),
             "GSPO's sequence ratio from the summed log-ratio instead of the mean over tokens"),
+    Control("gspo_level_ignored", GRPO,
+            (("        if self.importance_sampling_level == \"sequence\":\n"
+              "            log_ratio = masked_mean(log_ratio, mask, dim=-1, keepdim=True).expand_as(log_ratio)\n", ""),),
+            "ignores importance_sampling_level: GSPO runs with one ratio per token"),
+    Control("gspo_mean_over_padding", GRPO,
+            (("log_ratio = masked_mean(log_ratio, mask, dim=-1, keepdim=True)",
+              "log_ratio = log_ratio.mean(dim=-1, keepdim=True)"),),
+            "GSPO's mean log-ratio taken over every position, padding included"),
+    # ------------------------------------------------------------- advantages given by a trainer
+    Control("given_advantages_recentred", GRPO,
+            (("            advantages = given\n",
+              "            advantages = given - given.mean(dim=1, keepdim=True)\n"),),
+            "centres the advantages a trainer gives (pass@k's best-only advantages lose their meaning)"),
+    Control("given_advantages_normalised", GRPO,
+            (("            advantages = given\n",
+              "            advantages = (given - given.mean(dim=1, keepdim=True)) / (given.std(dim=1, keepdim=True) + self.eps)\n"),),
+            "runs the group step again on advantages that are already computed"),
+    Control("token_advantages_averaged", GRPO,
+            (("            advantages = given\n",
+              "            advantages = given.mean(dim=-1, keepdim=True)\n"),),
+            "averages per-token advantages into one per sequence"),
 
     # ------------------------------------------------------------- GAE
     Control("gae_no_terminal_cut", PPO,

@@ -8,12 +8,16 @@ books. Records, in order:
              up front, so an import that raises, exits or hangs is reported as such (once, not per test)
   start      {id}, then done {id, passed, reason, details} for each test
 
+A test that runs too long is stopped inside the process by tools/grading/watchdog.py (its `done` record
+then carries `timed_out`: the function it was stopped in), so the tests after it need no fresh process.
+
 A test passes only when the test function itself ran to its end: the plugin wraps each collected test
 function (before student code is imported) and records whether it returned or raised. pytest's own reports
 can only turn a pass into a fail (a broken fixture teardown), never the other way, so student code that
 rewrites reports gains nothing; `guard` notices student code that replaces functions the tests rely on.
 """
 import functools
+import json
 import os
 import sys
 import time
@@ -22,6 +26,7 @@ import pytest
 
 from tools.grading import channel, guard
 from tools.grading.reasons import one_line, reason_for
+from tools.grading.watchdog import TimedOut, Watchdog
 
 MAX_DETAILS = 1500
 _COMPLETED = object()
@@ -31,6 +36,10 @@ class _Reporter:
     def __init__(self):
         self.send = self._sender(self._read_key(), int(os.environ.pop("COURSE_GRADER_FD")))
         self.exercise = os.environ.pop("COURSE_GRADER_EXERCISE", "")
+        limits = json.loads(os.environ.pop("COURSE_GRADER_LIMITS"))
+        self.memory_gib = limits["memory_gib"]
+        self.watchdog = Watchdog(limits["per_test"], limits["after_timeout"], limits["repeat"], limits["wall_factor"],
+                                 limits["timed_out_before"], limits["slow_functions"])
         self.outcomes = {}       # nodeid -> _COMPLETED or the exception the test function raised
         self.phase_errors = {}   # nodeid -> [(phase, exception)] for setup/teardown errors
         self.reports = {}        # nodeid -> pytest's failure text, for the details shown to the student
@@ -59,6 +68,17 @@ class _Reporter:
             while data:
                 data = data[os.write(fd, data):]
         return send
+
+    def reason(self, exc: BaseException) -> str:
+        return reason_for(exc, self.memory_gib)
+
+    def stop_watching(self) -> tuple[str | None, str | None]:
+        """The watchdog's (reason, function) for the test that just ran, once no TimedOut can arrive any more."""
+        while True:
+            try:
+                return self.watchdog.stop()
+            except TimedOut:  # raised just before the watchdog was stopped: it is stopped now
+                continue
 
 
 _reporter: _Reporter | None = None
@@ -127,7 +147,7 @@ def pytest_runtestloop(session):
     try:
         impl.load(_reporter.exercise)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt at import too
-        _reporter.send({"kind": "done", "step": "import", "ok": False, "reason": reason_for(exc)})
+        _reporter.send({"kind": "done", "step": "import", "ok": False, "reason": _reporter.reason(exc)})
         return True  # run no test: the grader fails them all with this reason
     _reporter.send({"kind": "done", "step": "import", "ok": True})
     return None
@@ -147,13 +167,20 @@ def pytest_runtest_makereport(item, call):
 def pytest_runtest_protocol(item, nextitem):
     _reporter.send({"kind": "start", "id": item.nodeid})
     started = time.perf_counter()
+    _reporter.watchdog.start()
     try:
         yield
     finally:
+        stopped, function = _reporter.stop_watching()
         passed, reason = _verdict(item.nodeid)
+        if stopped and not _reporter.tampered:
+            passed, reason = False, stopped
         details = _reporter.reports.get(item.nodeid, "")
-        _reporter.send({"kind": "done", "id": item.nodeid, "passed": passed, "reason": reason,
-                        "details": details[-MAX_DETAILS:], "seconds": round(time.perf_counter() - started, 3)})
+        record = {"kind": "done", "id": item.nodeid, "passed": passed, "reason": reason,
+                  "details": details[-MAX_DETAILS:], "seconds": round(time.perf_counter() - started, 3)}
+        if stopped:
+            record["timed_out"] = function
+        _reporter.send(record)
 
 
 def _verdict(nodeid: str) -> tuple[bool, str]:
@@ -168,12 +195,12 @@ def _verdict(nodeid: str) -> tuple[bool, str]:
     errors = _reporter.phase_errors.get(nodeid, [])
     setup_errors = [exc for when, exc in errors if when == "setup"]
     if setup_errors:
-        return False, reason_for(setup_errors[0])
+        return False, _reporter.reason(setup_errors[0])
     outcome = _reporter.outcomes.get(nodeid)
     if outcome is None:
         return False, "the test did not run to its end"
     if outcome is not _COMPLETED:
-        return False, reason_for(outcome)
+        return False, _reporter.reason(outcome)
     if errors:
-        return False, one_line(f"error after the test: {reason_for(errors[0][1])}")
+        return False, one_line(f"error after the test: {_reporter.reason(errors[0][1])}")
     return True, ""

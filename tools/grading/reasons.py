@@ -3,14 +3,17 @@
 The graded tests are written so that their assertion messages name the likely mistake, so for an
 AssertionError the reason is that message (pytest appends its own `assert ...` explanation after a
 newline; that part is dropped unless there is no message). NotImplementedError is the untouched stub.
-For any other exception the reason is `Type: message`, and, when the error happened inside the
-student's file, where: `(grpo_loss.py line 42)`.
+Running out of memory (MemoryError, or torch's "DefaultCPUAllocator: can't allocate memory" under the
+grader's memory limit) reads as such. For any other exception the reason is `Type: message`, and, when the
+error happened inside the student's file, where: `(grpo_loss.py line 42)`.
 """
 import os
 import traceback
 
 MAX_REASON = 300
 STUDENT_FOLDERS = ("exercises", "solutions")  # the folders whose files are the graded code
+MEMORY_HINT = "a tensor far too large, or a list growing in a loop?"
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory")  # torch's allocator errors (RuntimeError)
 
 
 def one_line(text: str, limit: int = MAX_REASON) -> str:
@@ -19,25 +22,46 @@ def one_line(text: str, limit: int = MAX_REASON) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def memory_reason(limit_gib: float) -> str:
+    """What the grader says of a step it stopped for using more than `limit_gib` GiB of memory."""
+    return f"used more than {limit_gib:g} GiB of memory - {MEMORY_HINT}"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says an allocation failed."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                             and any(text in str(exc) for text in OUT_OF_MEMORY))
+
+
+def is_student_file(filename: str) -> bool:
+    """Whether `filename` is a graded file (in exercises/ or solutions/)."""
+    parts = os.path.normpath(filename).split(os.sep)
+    return len(parts) >= 2 and parts[-2] in STUDENT_FOLDERS
+
+
 def student_location(exc: BaseException) -> str:
     """`grpo_loss.py line 42` for the innermost traceback frame in a student file, else ''."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{os.path.basename(exc.filename)} line {exc.lineno}"
     where = ""
     for frame in traceback.extract_tb(exc.__traceback__):
-        parts = os.path.normpath(frame.filename).split(os.sep)
-        if len(parts) >= 2 and parts[-2] in STUDENT_FOLDERS:
-            where = f"{parts[-1]} line {frame.lineno}"
+        if is_student_file(frame.filename):
+            where = f"{os.path.basename(frame.filename)} line {frame.lineno}"
     return where
 
 
-def reason_for(exc: BaseException) -> str:
+def reason_for(exc: BaseException, memory_gib: float | None = None) -> str:
+    """The one-line reason for `exc`; `memory_gib`: the memory limit the test ran under, to name it."""
     name = type(exc).__name__
     message = str(exc)
     where = student_location(exc)
     suffix = f" ({where})" if where else ""
     if isinstance(exc, NotImplementedError):
         return one_line(f"not implemented yet ({message})" if message else "not implemented yet")
+    if out_of_memory(exc):
+        notes = [note for note in (where, f"the limit is {memory_gib:g} GiB" if memory_gib else "") if note]
+        shown = f" ({'; '.join(notes)})" if notes else ""
+        return one_line(f"ran out of memory{shown} - {MEMORY_HINT}")
     if isinstance(exc, SyntaxError):
         text = (exc.text or "").strip()
         shown = f": {text}" if text else ""

@@ -7,7 +7,13 @@ the record channel and the child's stdout+stderr. The grader enforces the limits
 code cannot switch them off:
   - per step (the exercise import, each test): `per_test` seconds of CPU time of the child's main thread
     (so a busy machine does not fail slow-but-correct code), or `WALL_FACTOR` times that in wall time (a
-    step that sleeps or waits forever), then the child is killed;
+    step that sleeps or waits forever), then the child is killed. Inside the child, tools/grading/watchdog.py
+    stops a test at that limit first (and a single call of a function that ran too long before after
+    `repeat` seconds, of any graded function once a test has timed out after `after_timeout`), so the tests
+    after it need no fresh child; the kill, KILL_GRACE seconds later, is for code that resists;
+  - per step: `memory_gib` GiB of resident memory (VmRSS) of the child, then it is killed; its address space
+    is capped at ADDRESS_SPACE_FACTOR times that (RLIMIT_AS), so that an allocation far beyond the limit
+    fails at once (torch's "can't allocate memory", a MemoryError: the test fails with a memory reason);
   - per step: `max_output` bytes printed, then the child is killed;
   - the whole run: `whole_run` seconds.
 When a child dies or is killed in the middle of a test, that test fails with the reason and the tests
@@ -15,7 +21,9 @@ still to run go to a fresh child. If it dies while importing the exercise, all o
 fail with that reason (the next child would import the same file again).
 """
 import ctypes
+import json
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -28,17 +36,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.grading import channel
+from tools.grading.reasons import memory_reason
 from tools.grading.report import Report, GradedTest, test_name
 from tools.grading.tree import Fingerprint, installation_fingerprint, write_tree
 
 STEP_OUTPUT_KEPT = 1024   # bytes of a test's printed output kept for the report
 WALL_FACTOR = 3           # a step may take this many times its CPU limit in wall time
+KILL_GRACE = 1.0          # seconds past the limit before a test the watchdog could not stop is killed
+ADDRESS_SPACE_FACTOR = 2  # a child's address space may be this many times its memory limit
+GIB = 2 ** 30
 TAIL_KEPT = 2048          # bytes of a child's last output kept to explain a crash
 
 
 @dataclass
 class Limits:
     per_test: float = 10.0
+    after_timeout: float = 2.0    # once a test timed out: seconds for one call into graded code
+    repeat: float = 0.25          # seconds for one call of a function that ran too long before
+    memory_gib: float = 4.0       # resident memory of one child
     whole_run: float = 600.0
     startup: float = 120.0        # Python + torch + pytest start and collection, on a busy machine
     max_output: int = 1_000_000   # bytes printed by one step
@@ -91,6 +106,23 @@ def kill_orphans(keep: set[int]):
             return
 
 
+def resident_memory(pid: int) -> int:
+    """Bytes of memory process `pid` holds in RAM (VmRSS); 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def cap_address_space(limit: int):
+    """A preexec_fn for Popen: the child's address space (RLIMIT_AS, soft and hard) at most `limit` bytes."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main_thread_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by the main thread of process `pid`; None where unknown."""
     try:
@@ -104,7 +136,9 @@ def main_thread_cpu(pid: int) -> float | None:
 class Child:
     """One pytest process running (part of) one exercise's graded tests."""
 
-    def __init__(self, job: Job, files, impl: str, workdir: Path, limits: Limits):
+    def __init__(self, job: Job, files, impl: str, workdir: Path, limits: Limits, timed_out_before: bool,
+                 slow_functions: list[str]):
+        """`timed_out_before`, `slow_functions`: what earlier children found (for the watchdog's limits)."""
         self.job, self.limits = job, limits
         self.dir = Path(tempfile.mkdtemp(prefix=f"{job.exercise}-", dir=workdir))
         write_tree(files, self.dir)
@@ -121,8 +155,11 @@ class Child:
         read_records, write_records = os.pipe()
         read_key, write_key = os.pipe()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "COURSE_", "COV"))}
+        settings = dict(per_test=limits.per_test, after_timeout=limits.after_timeout, repeat=limits.repeat,
+                        wall_factor=WALL_FACTOR, timed_out_before=timed_out_before,
+                        slow_functions=slow_functions, memory_gib=limits.memory_gib)
         env.update(COURSE_IMPL=impl, COURSE_GRADER_FD=str(write_records), COURSE_GRADER_EXERCISE=job.exercise,
-                   PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", MPLBACKEND="Agg")
+                   COURSE_GRADER_LIMITS=json.dumps(settings), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", MPLBACKEND="Agg")
         # One thread per child: `jobs` children already share the cores, and the graded tests' tensors are tiny
         # (with torch's default threads, grading the solutions takes twice the time and twice the CPU).
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -133,9 +170,10 @@ class Child:
         command = [sys.executable, "-E", "-s", "-B", "-u", "-m", "pytest", "-p", "tools.grading.child_plugin",
                    "-p", "no:cacheprovider", "-p", "no:terminal", "-s", "-o", "addopts=",
                    "-c", "pytest.ini", "--rootdir", ".", *targets]
+        address_space = int(ADDRESS_SPACE_FACTOR * limits.memory_gib * GIB)
         self.process = subprocess.Popen(command, cwd=self.dir, env=env, stdin=read_key, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, pass_fds=(write_records,),
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=cap_address_space(address_space))
         os.close(write_records)
         os.close(read_key)
         os.write(write_key, self.key + b"\n")
@@ -203,6 +241,8 @@ class Runner:
     jobs: deque = field(default_factory=deque)
     out: object = sys.stdout
     installation_changed: str | None = None
+    timed_out: bool = False                           # whether a test timed out
+    slow_functions: set = field(default_factory=set)  # graded functions that ran too long in a test
 
     def run(self):
         become_subreaper()
@@ -215,7 +255,9 @@ class Runner:
         try:
             while self.jobs or running:
                 while self.jobs and len(running) < self.limits.jobs:
-                    child = Child(self.jobs.popleft(), self.files, self.impl, workdir, self.limits)
+                    job = self.jobs.popleft()
+                    child = Child(job, self.files, self.impl, workdir, self.limits, self.timed_out,
+                                  sorted(self.slow_functions))
                     selector.register(child.record_fd, selectors.EVENT_READ, (child, "records"))
                     selector.register(child.output_fd, selectors.EVENT_READ, (child, "output"))
                     running.append(child)
@@ -295,6 +337,10 @@ class Runner:
             test = self.report.test(exercise, child.current)
             child.done.add(child.current)
             child.current = None
+            if "timed_out" in record:  # the watchdog stopped it, in this function ("": in none of the graded files)
+                self.timed_out = True
+                if record["timed_out"]:
+                    self.slow_functions.add(str(record["timed_out"]))
             changed = child.fingerprint.first_change()
             if changed:
                 child.kill("tamper", self._tamper_reason(child, changed))
@@ -319,7 +365,10 @@ class Runner:
     # ---- limits
     def _enforce_limits(self, child: Child, now: float):
         exercise, limits = child.job.exercise, self.limits
-        if child.current == "import":
+        if child.current is not None and resident_memory(child.process.pid) > limits.memory_gib * GIB:
+            doing = f"importing {exercise}.py " if child.current == "import" else ""
+            child.kill("memory", doing + memory_reason(limits.memory_gib))
+        elif child.current == "import":
             if child.step_too_long(now, limits.per_test):
                 child.kill("timeout", f"importing {exercise}.py took longer than {limits.per_test:g} s"
                                       f" - an endless loop at import?")
@@ -327,8 +376,9 @@ class Runner:
                 child.kill("flood", f"importing {exercise}.py printed more than {limits.max_output / 1_000_000:g}"
                                     f" MB - a print inside a loop?")
         elif child.current is not None:
-            if child.step_too_long(now, limits.per_test):
+            if child.step_too_long(now, limits.per_test + KILL_GRACE):
                 child.kill("timeout", f"took longer than {limits.per_test:g} s - an endless loop?")
+                self.timed_out = True
             elif child.step_bytes > limits.max_output:
                 child.kill("flood", f"printed more than {limits.max_output / 1_000_000:g} MB of output"
                                     f" - a print inside a loop?")
