@@ -185,11 +185,11 @@ CODE_FILES = ("model.py", "sft.py", "schedule.py", "tasks.py", "tokenizer.py", "
 
 
 def weak_cache_path(task, seed: int = 0, preset: str = "nano") -> Path:
-    """Where weak_model keeps the weights: a name made from everything that decides them, the code included,
-    so a change to the model, the tasks or the recipe never reuses stale weights."""
+    """Where weak_model keeps the weights: a name made from everything that decides them, the code and the torch
+    thread count included (another count sums in another order), so stale weights are never reused."""
     plan = WEAK[task.name]
     digest = hashlib.sha256(repr((task.name, sorted(task.options.items()), sorted(plan.items()), seed, preset,
-                                  BATCH_SIZE)).encode())
+                                  BATCH_SIZE, torch.get_num_threads())).encode())
     for name in CODE_FILES:
         digest.update((Path(__file__).parent / name).read_bytes())
     return CACHE_FOLDER / f"weak-{task.name}-{digest.hexdigest()[:16]}.pt"
