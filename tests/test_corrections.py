@@ -12,23 +12,14 @@ from loss.corrections import (ROLLOUT_CORRECTIONS, ROLLOUT_RS_OPTIONS, TRL_MODES
                               rollout_rejection_mask, truncated_rows, vllm_importance_sampling_ratio)
 from loss.policy_losses import POLICY_LOSSES
 
-from .test_policy_losses import (TRL_VERSION, VERL_VERSION, _library, assert_same, loss_and_grad, make_inputs,
-                                 trl_compute_loss)
+from .test_policy_losses import (VERL_VERSION, _library, assert_same, loss_and_grad, make_inputs,  # noqa: F401
+                                 trl_compute_loss, trl_grpo, verl_algos)  # the fixtures too
 
 
 @pytest.fixture(scope="module")
 def verl_corr():
     return _library("verl.trainer.ppo.rollout_corr_helper", "verl", VERL_VERSION)
 
-
-@pytest.fixture(scope="module")
-def verl_algos():
-    return _library("verl.trainer.ppo.core_algos", "verl", VERL_VERSION)
-
-
-@pytest.fixture(scope="module")
-def trl_grpo():
-    return _library("trl.trainer.grpo_trainer", "trl", TRL_VERSION).GRPOTrainer
 
 
 def sampler_and_trainer(seed=0, lengths=(9, 4, 1, 7, 9, 6), width=9, scale=0.3):
