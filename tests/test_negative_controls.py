@@ -24,11 +24,16 @@ def submission(control: Control) -> dict[str, str]:
     return files
 
 
+def grade_all(tmp_path_factory, folder: str, controls) -> dict:
+    """{control name: its grading result}, every control graded as a submission of its own."""
+    base = tmp_path_factory.mktemp(folder)
+    results = grade_many([(base / f"{c.exercise}-{c.name}", submission(c), (c.exercise,), 0.0) for c in controls])
+    return dict(zip((c.name for c in controls), results))
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    base = tmp_path_factory.mktemp("controls")
-    results = grade_many([(base / f"{c.exercise}-{c.name}", submission(c), (c.exercise,), 0.0) for c in CONTROLS])
-    return dict(zip((c.name for c in CONTROLS), results))
+    return grade_all(tmp_path_factory, "controls", CONTROLS)
 
 
 @pytest.mark.parametrize("control", CONTROLS, ids=[f"{c.exercise}-{c.name}" for c in CONTROLS])
@@ -46,9 +51,7 @@ def test_control_loses_points(control: Control, graded):
 
 @pytest.fixture(scope="module")
 def graded_alternatives(tmp_path_factory):
-    base = tmp_path_factory.mktemp("alternatives")
-    results = grade_many([(base / f"{c.exercise}-{c.name}", submission(c), (c.exercise,), 0.0) for c in ALTERNATIVES])
-    return dict(zip((c.name for c in ALTERNATIVES), results))
+    return grade_all(tmp_path_factory, "alternatives", ALTERNATIVES)
 
 
 @pytest.mark.parametrize("alternative", ALTERNATIVES, ids=[f"{c.exercise}-{c.name}" for c in ALTERNATIVES])
