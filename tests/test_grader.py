@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.hostile.submissions import GRADE, ROOT, grade_many, results_problems,
 from tools.grading import channel
 from tools.grading.reasons import memory_reason, reason_for
 from tools.grading.report import Report, GradedTest, cap_bytes
-from tools.grading.watchdog import TimedOut, Watchdog
+from tools.grading.watchdog import GIB, TimedOut, Watchdog, resident_bytes
 from training.impl import EXERCISES
 
 MARK = "# submitted-for-the-untouched-repository-check"
@@ -125,8 +126,9 @@ def stopped(watchdog: Watchdog, function) -> tuple[str, str]:
     """Run `function` as a watched test; the watchdog's (reason, function) for stopping it."""
     watchdog.start()
     try:
-        with pytest.raises(TimedOut):
+        with pytest.raises(TimedOut) as caught:
             function()
+        traceback.clear_frames(caught.tb)  # as the grading child does: what the frames held is freed
     finally:
         result = watchdog.stop()
     return result
@@ -148,6 +150,25 @@ def test_watchdog_stops_endless_loops(tmp_path):
     assert reason.startswith("took longer than 0.1 s in spin()")
     watchdog.start()
     assert watchdog.stop() == (None, None), "a test that ended in time was stopped"
+
+
+def test_watchdog_stops_memory_hoarding(tmp_path):
+    hoard = graded_function(tmp_path, "def hoard():\n    kept = []\n    while True:\n        kept.append(len(kept))\n",
+                            "hoard")
+    limit = resident_bytes() + GIB // 4
+    watchdog = Watchdog(per_test=60, after_timeout=60, repeat=60, wall_factor=3, memory_limit=limit,
+                        after_memory=GIB // 16)
+    reason, function = stopped(watchdog, hoard)
+    assert reason.startswith(f"used more than {limit / GIB:g} GiB of memory - a tensor far too large, or a list")
+    assert "(stopped in hoard, spin.py line" in reason and function == "spin.py:hoard"
+    assert watchdog.stopped_for == "memory" and not watchdog.timed_out_before and not watchdog.slow_functions
+    # the list was freed with the frames; from now on each test may add only after_memory
+    reason, _ = stopped(watchdog, hoard)
+    assert reason.startswith("used 0.0625 GiB more memory than when the test started - a list growing in a loop? "
+                             "(an earlier test went over the"), reason
+    assert resident_bytes() < limit, "the hoarded list was not freed"
+    watchdog.start()
+    assert watchdog.stop() == (None, None), "a test that held little memory was stopped"
 
 
 def test_records_need_the_key():

@@ -17,7 +17,9 @@ The graded tests are tests/autograder/test_<exercise>.py; each carries `@pytest.
                      out, each call into graded code gets 2 s, and a call of a function that already ran too
                      long 0.25 s (the graded code's calls take milliseconds): endless loops everywhere cost
                      seconds, not minutes
-  --memory-limit GIB memory per test process (default 4 GiB); a test that uses more fails, the rest go on
+  --memory-limit GIB memory per test process (default 4 GiB); a test that uses more fails, the rest go on;
+                     once one has, each later test may add a quarter GiB: memory bombs everywhere cost
+                     seconds, not minutes
 
 Exit code: 0 when grading completed, whatever the score; 1 when an --expect-... is not met; 2 for bad
 arguments or when the graded tests themselves could not be collected.
@@ -32,10 +34,11 @@ The grader reads the course folder into memory (without .git, .venv, runs, noteb
 fresh temporary copy of that folder with the graded files in exercises/. The repository is never touched.
 The child loads a small plugin that sends one signed record per event to the grader over a pipe. A test
 that uses more than --timeout seconds of CPU time (or three times that in wall time: a test that sleeps or
-waits) is stopped inside the child (tools/grading/watchdog.py), and the next test runs on. From outside, the
-grader kills a child whose test goes a second past that limit anyway (code that resists being stopped),
-holds more than --memory-limit GiB of memory (its address space is capped at twice that, so a huge
-allocation fails at once, with a memory reason), or prints more than 1 MB, and stops everything after
+waits), or whose process holds more than --memory-limit GiB of memory, is stopped inside the child
+(tools/grading/watchdog.py), and the next test runs on. From outside, the grader kills a child whose test
+goes a second past that limit anyway (code that resists being stopped), holds more than 1.25 times the
+memory limit (its address space is capped at twice that, so a huge allocation fails at once, with a memory
+reason), or prints more than 1 MB, and stops everything after
 --time-limit seconds; a test that hangs, floods, runs out of memory or takes the process down (os._exit, a
 crash, a KeyboardInterrupt) fails with a one-line reason and the tests after it run in a fresh child. The
 exercise module is imported once before its tests, so an import that raises, exits, hangs or is not valid

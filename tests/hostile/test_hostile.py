@@ -3,15 +3,16 @@ valid results.json with the same tests and points as the reference, scores below
 the expected reason on the failed test's line.
 
 All the gradings run first, two at a time, in one module fixture (about a minute on two quiet cores); each
-test then checks one case. Last, on its own, a submission whose every function loops forever is graded: every
-test fails as an endless loop, and the time limits granted add up to at most HANG_EVERYWHERE_BUDGET_S.
+test then checks one case. Last, on their own, a submission whose every function loops forever is graded: every
+test fails as an endless loop, and the time limits granted add up to at most HANG_EVERYWHERE_BUDGET_S; and one
+whose every function hoards memory: every test fails for its memory, and only the first climbs to the limit.
 """
 import os
 import re
 
 import pytest
 
-from tests.hostile.cases import CASES, EXERCISE, Case
+from tests.hostile.cases import CASES, EXERCISE, HOARD, MEMORY_LIMIT, Case
 from tests.hostile.submissions import ROOT, grade, grade_many, in_every_function, results_problems, solution_text
 from training.impl import EXERCISES
 
@@ -85,3 +86,22 @@ def test_hang_everywhere_is_graded_fast(tmp_path):
         f"the limits granted add up to {sum(limits):.1f} s of CPU time for {len(tests)} hanging tests:\n{result.stdout}")
     print(f"a submission that hangs everywhere ({len(tests)} tests) was graded in {result.seconds:.1f} s of wall time "
           f"(limits granted: {sum(limits):.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+
+def test_memory_bomb_everywhere_is_graded_in_one_process(tmp_path):
+    """Every function of the exercise grows a list forever: each test fails for its memory; the watchdog stops
+    the first at the limit and, from then on, each test once it has added a quarter GiB, in the same process.
+    (The wall time is printed, not asserted.)"""
+    files = {f"{EXERCISE}.py": in_every_function(solution_text(EXERCISE), HOARD)}
+    result = grade(tmp_path, files, "--memory-limit", MEMORY_LIMIT, EXERCISE)
+    assert result.returncode == 0, f"the grader did not complete (exit {result.returncode}):\n{result.stderr[-2000:]}"
+    assert results_problems(result.results) == [], result.results
+    failed, tests = result.failed(), result.results["tests"]
+    assert result.results["score"] == 0 and len(failed) == len(tests), result.stdout
+    full = [name for name, reason in failed.items() if reason.startswith(f"used more than {MEMORY_LIMIT} GiB")]
+    after = [name for name, reason in failed.items()
+             if "more memory than when the test started" in reason and "an earlier test went over" in reason]
+    assert len(full) == 1 and len(after) == len(tests) - 1, (
+        f"the memory bomb was not stopped in one process:\n{result.stdout}")
+    print(f"a submission that hoards memory everywhere ({len(tests)} tests) was graded in {result.seconds:.1f} s of "
+          f"wall time (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -8,8 +8,10 @@ books. Records, in order:
              up front, so an import that raises, exits or hangs is reported as such (once, not per test)
   start      {id}, then done {id, passed, reason, details} for each test
 
-A test that runs too long is stopped inside the process by tools/grading/watchdog.py (its `done` record
-then carries `timed_out`: the function it was stopped in), so the tests after it need no fresh process.
+A test that runs too long or holds too much memory is stopped inside the process by
+tools/grading/watchdog.py (the `done` record of one that ran too long carries `timed_out`: the function it was
+stopped in), so the tests after it need no fresh process. The frames of a stopped test are cleared at once,
+so that what it hoarded is freed before the next test starts.
 
 A test passes only when the test function itself ran to its end: the plugin wraps each collected test
 function (before student code is imported) and records whether it returned or raised. pytest's own reports
@@ -21,12 +23,13 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import pytest
 
 from tools.grading import channel, guard
 from tools.grading.reasons import one_line, reason_for
-from tools.grading.watchdog import TimedOut, Watchdog
+from tools.grading.watchdog import GIB, TimedOut, Watchdog
 
 MAX_DETAILS = 1500
 _COMPLETED = object()
@@ -39,7 +42,8 @@ class _Reporter:
         limits = json.loads(os.environ.pop("COURSE_GRADER_LIMITS"))
         self.memory_gib = limits["memory_gib"]
         self.watchdog = Watchdog(limits["per_test"], limits["after_timeout"], limits["repeat"], limits["wall_factor"],
-                                 limits["timed_out_before"], limits["slow_functions"])
+                                 limits["timed_out_before"], limits["slow_functions"],
+                                 memory_limit=int(self.memory_gib * GIB))
         self.outcomes = {}       # nodeid -> _COMPLETED or the exception the test function raised
         self.phase_errors = {}   # nodeid -> [(phase, exception)] for setup/teardown errors
         self.reports = {}        # nodeid -> pytest's failure text, for the details shown to the student
@@ -105,6 +109,8 @@ def _wrap(item, outcomes):
             result = original(*args, **kwargs)
         except BaseException as exc:
             outcomes[item.nodeid] = exc
+            if isinstance(exc, TimedOut):  # stopped by the watchdog: free what the test's frames hold
+                traceback.clear_frames(exc.__traceback__)
             raise
         outcomes[item.nodeid] = _COMPLETED
         return result
@@ -178,7 +184,7 @@ def pytest_runtest_protocol(item, nextitem):
         details = _reporter.reports.get(item.nodeid, "")
         record = {"kind": "done", "id": item.nodeid, "passed": passed, "reason": reason,
                   "details": details[-MAX_DETAILS:], "seconds": round(time.perf_counter() - started, 3)}
-        if stopped:
+        if stopped and _reporter.watchdog.stopped_for == "time":
             record["timed_out"] = function
         _reporter.send(record)
 

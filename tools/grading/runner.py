@@ -11,9 +11,12 @@ code cannot switch them off:
     stops a test at that limit first (and a single call of a function that ran too long before after
     `repeat` seconds, of any graded function once a test has timed out after `after_timeout`), so the tests
     after it need no fresh child; the kill, KILL_GRACE seconds later, is for code that resists;
-  - per step: `memory_gib` GiB of resident memory (VmRSS) of the child, then it is killed; its address space
-    is capped at ADDRESS_SPACE_FACTOR times that (RLIMIT_AS), so that an allocation far beyond the limit
-    fails at once (torch's "can't allocate memory", a MemoryError: the test fails with a memory reason);
+  - per step: `memory_gib` GiB of resident memory (VmRSS) of the child. The watchdog inside stops a test
+    there (and, once one has, a later test that adds a quarter GiB), so the tests after it need no fresh
+    child; past MEMORY_KILL_FACTOR times the limit (code that resists; at the import, past the limit itself) the
+    child is killed. Its address space is capped at ADDRESS_SPACE_FACTOR times the limit (RLIMIT_AS), so that an
+    allocation far beyond it fails at once (torch's "can't allocate memory", a MemoryError: the test fails
+    with a memory reason);
   - per step: `max_output` bytes printed, then the child is killed;
   - the whole run: `whole_run` seconds.
 When a child dies or is killed in the middle of a test, that test fails with the reason and the tests
@@ -44,6 +47,7 @@ STEP_OUTPUT_KEPT = 1024   # bytes of a test's printed output kept for the report
 WALL_FACTOR = 3           # a step may take this many times its CPU limit in wall time
 KILL_GRACE = 1.0          # seconds past the limit before a test the watchdog could not stop is killed
 ADDRESS_SPACE_FACTOR = 2  # a child's address space may be this many times its memory limit
+MEMORY_KILL_FACTOR = 1.25  # a child holding this many times its memory limit is killed (the watchdog stops at 1)
 GIB = 2 ** 30
 TAIL_KEPT = 2048          # bytes of a child's last output kept to explain a crash
 
@@ -365,7 +369,9 @@ class Runner:
     # ---- limits
     def _enforce_limits(self, child: Child, now: float):
         exercise, limits = child.job.exercise, self.limits
-        if child.current is not None and resident_memory(child.process.pid) > limits.memory_gib * GIB:
+        held = resident_memory(child.process.pid) if child.current is not None else 0
+        factor = 1.0 if child.current == "import" else MEMORY_KILL_FACTOR  # no watchdog runs during the import
+        if held > factor * limits.memory_gib * GIB:
             doing = f"importing {exercise}.py " if child.current == "import" else ""
             child.kill("memory", doing + memory_reason(limits.memory_gib))
         elif child.current == "import":
