@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from loss import check_same_shape, clip_fraction, masked_mean, masked_sum
-from loss.names import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_AGG_MODES
+from loss.aggregation import check_loss_agg_mode
+from loss.names import IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS
 
 
 def group_advantages(rewards: torch.Tensor, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -77,8 +78,7 @@ def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, max_le
     the global batch size, which counts them); TRL 1.16.0's loss_type "grpo" and "dr_grpo" count every row.
     The masked helpers `masked_sum` and `masked_mean` from loss/ help.
     """
-    if mode not in LOSS_AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
+    check_loss_agg_mode(mode)
     # TODO: the sum and the token count of each row, which rows are non-empty, then one branch per mode.
     raise NotImplementedError("aggregate_loss: your code here")
 
@@ -91,7 +91,7 @@ class GRPOLoss(nn.Module):
     clip_epsilon_high: the upper clip (DAPO's clip-higher, e.g. 0.28); None means clip_epsilon.
     normalize_std: divide the group advantage by the group std (False: Dr. GRPO); used only when the loss
         is given rewards (with advantages=, the advantage step happened before, and normalize_std with it).
-    loss_agg_mode: one of LOSS_AGG_MODES (see `aggregate_loss`); max_len: its divisor for "seq-mean-token-sum-norm".
+    loss_agg_mode: one of loss.names.LOSS_AGG_MODES (see `aggregate_loss`); max_len: its divisor for "seq-mean-token-sum-norm".
     kl_estimator: "k1" | "k2" | "k3" (see `kl_estimate`); kl_beta=0 or no reference: no KL term.
     importance_sampling_level: "token" (GRPO) or "sequence" (GSPO: one ratio per completion, the
     exp of the mean token log-ratio, shared by all its tokens; pair it with seq-mean-token-mean and
@@ -120,8 +120,7 @@ class GRPOLoss(nn.Module):
         max_len: int | None = None,
     ):
         super().__init__()
-        if loss_agg_mode not in LOSS_AGG_MODES:
-            raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
+        check_loss_agg_mode(loss_agg_mode)
         if kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown kl_estimator {kl_estimator!r}: choose one of {', '.join(KL_ESTIMATORS)}")
         if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:

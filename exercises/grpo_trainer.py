@@ -152,9 +152,8 @@ class GRPOTrainer:
         them from here.
         """
         if self.overlong_cache_len > 0:
-            lengths = flatten_groups(outputs.mask).sum(dim=-1)
-            penalty = overlong_penalty(lengths, self.max_new_tokens, self.overlong_cache_len)
-            rewards = rewards + unflatten_groups(penalty.to(rewards), self.group_size)
+            penalty = overlong_penalty(outputs.mask.sum(dim=-1), self.max_new_tokens, self.overlong_cache_len)
+            rewards = rewards + penalty.to(rewards)
         return estimate_advantages(self.advantage_estimator, rewards, outputs.mask, normalize_std=self.normalize_std)
 
     # ------------------------------------------------------------------ log-probs of a group batch

@@ -16,7 +16,7 @@ computes the same sums; this copy is the given one that loss/ may import.
 """
 import torch
 
-from .masked import masked_sum
+from .masked import masked_mean, masked_sum
 from .names import LOSS_AGG_MODES
 
 
@@ -37,12 +37,9 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
     if loss_agg_mode == "token-mean":                                   # verl: masked_sum / batch_num_tokens
         token_count = mask.sum()
         return masked_sum(loss_mat, mask) / torch.where(token_count > 0, token_count, torch.ones_like(token_count))
-    seq_tokens = mask.sum(dim=-1)
-    seq_losses = masked_sum(loss_mat, mask, dim=-1)                     # token-sum of each sequence
-    if loss_agg_mode == "seq-mean-token-mean":
-        seq_losses = seq_losses / torch.where(seq_tokens > 0, seq_tokens, torch.ones_like(seq_tokens))
-    seq_mask = (seq_tokens > 0).to(loss_mat.dtype)                      # fully masked sequences are left out
-    loss = masked_sum(seq_losses, seq_mask) / seq_mask.sum().clamp(min=1)   # seq-mean
+    per_sequence = masked_mean if loss_agg_mode == "seq-mean-token-mean" else masked_sum
+    seq_losses = per_sequence(loss_mat, mask, dim=-1)                   # token-mean / token-sum of each sequence
+    loss = masked_mean(seq_losses, mask.sum(dim=-1) > 0)                # seq-mean over the non-empty sequences
     if loss_agg_mode == "seq-mean-token-sum-norm":
         loss = loss / (loss_mat.shape[-1] if max_len is None else max_len)
     return loss

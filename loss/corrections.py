@@ -110,7 +110,7 @@ def rollout_is_weights(old_log_prob, rollout_log_prob, response_mask, rollout_is
     log_ratio, is_response = _clean_log_ratio(old_log_prob, rollout_log_prob, response_mask)
     lower, upper = parse_threshold(rollout_is_threshold)
     kind = "truncate" if lower is None else "mask"
-    weights = importance_weights(log_ratio, is_response, rollout_is, lower if kind == "mask" else None, upper, kind)
+    weights = importance_weights(log_ratio, is_response, rollout_is, lower, upper, kind)
     if rollout_is_batch_normalize:
         if rollout_is == "token":
             mean = masked_mean(weights, is_response)
@@ -151,15 +151,21 @@ def vllm_importance_sampling_ratio(old_per_token_logps, sampling_per_token_logps
     return rho.masked_fill((rho < low) | (rho > high), 0.0)
 
 
-def correction_weights(name: str, old_log_prob, rollout_log_prob, response_mask, threshold=DEFAULT_THRESHOLD):
-    """The weights [N, T] of one of ROLLOUT_CORRECTIONS: truncate at C, or mask outside [1/C, C] (C = threshold)."""
+def check_rollout_correction(name: str) -> None:
+    """One clear ValueError for a name that is not in ROLLOUT_CORRECTIONS."""
     if name not in ROLLOUT_CORRECTIONS:
         raise ValueError(f"unknown rollout correction {name!r}: choose one of {', '.join(ROLLOUT_CORRECTIONS)}")
+
+
+def correction_weights(name: str, old_log_prob, rollout_log_prob, response_mask, threshold=DEFAULT_THRESHOLD):
+    """The weights [N, T] of one of ROLLOUT_CORRECTIONS: truncate at C, or mask outside [1/C, C] (C = threshold)."""
+    check_rollout_correction(name)
     if not threshold > 1:
         raise ValueError(f"the rollout-correction threshold must be > 1, got {threshold}")
     level, kind = ROLLOUT_CORRECTIONS[name]
-    spec = threshold if kind == "truncate" else f"{1.0 / threshold}_{threshold}"
-    return rollout_is_weights(old_log_prob, rollout_log_prob, response_mask, level, spec)
+    log_ratio, is_response = _clean_log_ratio(old_log_prob, rollout_log_prob, response_mask)
+    lower = 1.0 / threshold if kind == "mask" else None
+    return importance_weights(log_ratio, is_response, level, lower, float(threshold), kind)
 
 
 def rollout_rejection_mask(old_log_prob, rollout_log_prob, response_mask, rollout_rs="seq_mean_k3",

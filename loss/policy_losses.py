@@ -35,6 +35,7 @@ import torch
 
 from .aggregation import agg_loss, check_loss_agg_mode
 from .masked import masked_mean
+from .shapes import check_same_shape
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -42,9 +43,7 @@ def _inputs(log_prob, old_log_prob, advantages, response_mask):
     """(log_prob, old_log_prob, advantages, mask) with padding set to 0 and advantages broadcast to [N, T]."""
     if log_prob.dim() != 2:
         raise ValueError(f"log_prob must be [N, T] (flatten [B, G, T] with .flatten(0, 1)), got {tuple(log_prob.shape)}")
-    for name, tensor in (("old_log_prob", old_log_prob), ("response_mask", response_mask)):
-        if tuple(tensor.shape) != tuple(log_prob.shape):
-            raise ValueError(f"{name} must have the shape of log_prob {tuple(log_prob.shape)}, got {tuple(tensor.shape)}")
+    check_same_shape("log_prob", log_prob, old_log_prob=old_log_prob, response_mask=response_mask)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     if advantages.dim() != 2 or advantages.shape[0] != log_prob.shape[0] or advantages.shape[1] not in (1, log_prob.shape[1]):
@@ -184,11 +183,10 @@ def geo_mean(log_prob, old_log_prob, advantages, response_mask, loss_agg_mode="t
     ratio = torch.exp(masked_mean(log_ratio_min, mask, dim=-1))              # [N]
     sequence_advantage = masked_mean(advantages, mask, dim=-1)               # [N]
     non_empty = mask.sum(dim=-1) > 0
-    losses = torch.where(non_empty, -sequence_advantage * ratio, torch.zeros_like(ratio))
     clipped = log_ratio != log_ratio_clamped
     _report(metrics, mask, clip_fraction=clipped & (advantages > 0), clip_fraction_lower=clipped & (advantages < 0),
             ppo_kl=-log_ratio)
-    return losses.sum() / non_empty.sum().clamp(min=1)
+    return masked_mean(-sequence_advantage * ratio, non_empty)
 
 
 def sapo(log_prob, old_log_prob, advantages, response_mask, loss_agg_mode="token-mean", *,
@@ -390,12 +388,19 @@ def check_policy_loss(name: str) -> None:
         raise ValueError(f"unknown policy loss {name!r}: choose one of {', '.join(POLICY_LOSSES)}")
 
 
+def check_hyperparameters(name: str, settings) -> dict:
+    """hyperparameters(name), after one clear ValueError for a key of `settings` that is none of them (clip_cov
+    also takes the `generator` of its random pick)."""
+    valid = hyperparameters(name)
+    unknown = set(settings) - set(valid) - ({"generator"} if name == "clip_cov" else set())
+    if unknown:
+        raise ValueError(f"policy loss {name!r} has no hyperparameter {', '.join(sorted(unknown))}: "
+                         f"it takes {', '.join(valid) or 'none'}")
+    return valid
+
+
 def policy_loss(name: str, log_prob, old_log_prob, advantages, response_mask, loss_agg_mode="token-mean",
                 **settings) -> torch.Tensor:
     """POLICY_LOSSES[name](...), with one clear error for an unknown name or hyperparameter."""
-    check_policy_loss(name)
-    unknown = set(settings) - set(hyperparameters(name)) - {"metrics", "max_len"} - ({"generator"} if name == "clip_cov" else set())
-    if unknown:
-        raise ValueError(f"policy loss {name!r} has no hyperparameter {', '.join(sorted(unknown))}: "
-                         f"it takes {', '.join(hyperparameters(name)) or 'none'}")
+    check_hyperparameters(name, set(settings) - {"metrics", "max_len"})
     return POLICY_LOSSES[name](log_prob, old_log_prob, advantages, response_mask, loss_agg_mode, **settings)

@@ -25,7 +25,6 @@ settings, and the same number of torch threads (the CLI's --threads).
 Every figure is the median of `repeats` timed runs after a warm-up run. These are benchmarks, not tests: on a
 shared machine they vary, so nothing asserts on them. Compare ratios measured in one run.
 """
-import copy
 import json
 import os
 import statistics
@@ -35,8 +34,12 @@ from pathlib import Path
 
 import torch
 
+from loss.advantages import grpo as grpo_advantages
+
+from . import hf_export
 from .defaults import defaults_for
 from .device import make_generator, pick_device
+from .flags import positive_int
 from .model import count_parameters, make_model
 from .rl_metrics import forward_flops, grpo_step_flops
 from .rollout import generate, sequence_logprobs
@@ -53,7 +56,7 @@ TRL_MISSING = "TRL is not installed: `pip install -r requirements-test.txt` adds
 def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per figure (the median is kept)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed repetitions per figure (the median is kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vs-trl", action="store_true",
                         help="also time TRL's GRPOTrainer on the identical work, alternating with the course's step")
@@ -62,10 +65,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    if args.repeats < 1:
-        from .errors import UsageError
-
-        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     results = run_bench(args.out, pick_device(args.device), repeats=args.repeats, seed=args.seed,
                         vs_trl=args.vs_trl, profile=args.profile)
     print(format_table(results))
@@ -156,9 +155,7 @@ class FlopCounter:
 
 
 def _gemm_flops(name, shapes) -> float:
-    if name == "aten::addmm":
-        shapes = shapes[1:]
-    elif name == "aten::baddbmm":
+    if name in ("aten::addmm", "aten::baddbmm"):  # the first input is the added bias
         shapes = shapes[1:]
     a, b = shapes[0], shapes[1]
     batch = a[0] if len(a) == 3 else 1
@@ -232,7 +229,7 @@ def training_pass(model, task, hp, batch, device, seed):
     prompts = batch.prompts.repeat_interleave(g, dim=0)
     rewards = task.reward(rollout.completions, batch.answers.repeat_interleave(g, dim=0), kind=hp["reward"])
     grouped = rewards.view(-1, g)
-    advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+    advantages = grpo_advantages(grouped, eps=1e-4).view(-1, 1)
     model.train()
 
     def run():
@@ -253,38 +250,25 @@ def _trl_side(model, task, hp, device, seed, steps, between):
     from .errors import UsageError
 
     try:
-        from .trl_engine import make_reward, require_trl
+        from .trl_engine import build_dataset, make_trainer, require_trl
 
-        trl, transformers, datasets = require_trl()
+        _, transformers, _ = require_trl()
     except (ImportError, UsageError):  # TRL, transformers or datasets missing: the one-line note says so
         return None
-    from . import hf_export
-
     transformers.utils.logging.set_verbosity_error()
     hf = hf_export.course_to_hf(model).train()
     tokenizer = hf_export.make_tokenizer()
-    data = make_generator(seed + 1)  # the course's step draws its batches from the same stream: same problems
-    prompts, answers = [], []
-    for _ in range(steps):
-        batch = task.sample(hp["prompts_per_step"], data)
-        prompts += [TOKENIZER.decode(p) for p in batch.prompts]
-        answers += batch.answers.tolist()
-    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer_ids": answers})
+    # the course's step draws its batches from the same stream (seed + 1): the same problems
+    dataset = build_dataset(task, dict(hp, steps=steps), seed, data_seed=seed + 1)
     with tempfile.TemporaryDirectory(prefix="course-bench-trl-") as folder:
-        config = trl.GRPOConfig(
-            output_dir=folder, report_to="none", save_strategy="no", logging_steps=1, bf16=False, fp16=False,
-            use_cpu=device.type == "cpu", disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
-            disable_dropout=True, dataloader_pin_memory=False, gradient_checkpointing=False,
+        trainer = make_trainer(
+            hf, tokenizer, task, hp["reward"], dataset, output_dir=folder, bf16=False, use_cpu=device.type == "cpu",
             num_generations=hp["group_size"], per_device_train_batch_size=hp["prompts_per_step"] * hp["group_size"],
             steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=steps,
             beta=0.0, epsilon=hp["clip_epsilon"], loss_type="grpo", scale_rewards="group",
             temperature=hp["temperature"], top_k=0, top_p=1.0, learning_rate=hp["lr"], lr_scheduler_type="constant",
             warmup_steps=0, max_grad_norm=hp["max_grad_norm"], adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0,
             max_completion_length=task.max_new_tokens, seed=seed, shuffle_dataset=False)
-        trainer = trl.GRPOTrainer(model=hf, reward_funcs=make_reward(task, hp["reward"], tokenizer), args=config,
-                                  train_dataset=dataset, processing_class=tokenizer)
-        for callback in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
-            trainer.remove_callback(callback)
         times = []
 
         class Alternate(transformers.TrainerCallback):
@@ -307,7 +291,6 @@ def _trl_side(model, task, hp, device, seed, steps, between):
 # ------------------------------------------------------------------------------------------------ the run
 def grpo_step_figures(device, repeats: int, seed: int, vs_trl: bool, profile: bool) -> dict:
     model, task, hp = identical_work(device, seed)
-    trl_model = copy.deepcopy(model)  # TRL starts from the same weights (kept before any update)
     trainer = course_trainer(model, task, hp, device, seed)
     data = make_generator(seed + 1)
     counter = FlopCounter(model)
@@ -320,7 +303,7 @@ def grpo_step_figures(device, repeats: int, seed: int, vs_trl: bool, profile: bo
         flops.append(counter.flops - before)
 
     out = {}
-    trl_times = _trl_side(trl_model, task, hp, device, seed, repeats + 1, course_step) if vs_trl else None
+    trl_times = _trl_side(model, task, hp, device, seed, repeats + 1, course_step) if vs_trl else None
     if trl_times is None:
         for _ in range(repeats + 1):
             course_step()

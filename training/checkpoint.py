@@ -23,8 +23,6 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path, model, *, task, preset, step, optimizer=None, extra=None) -> Path:
     """Atomically write model (+ optimizer state, + extra) to path. `task` is a Task (or a task name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(task, str):
         task_info = {"name": task, "options": {}}
     else:
@@ -40,8 +38,15 @@ def save_checkpoint(path, model, *, task, preset, step, optimizer=None, extra=No
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
     os.replace(tmp, path)
     return path
 

@@ -25,13 +25,13 @@ from . import bench, hf_export, sft, trl_engine, verl_config
 from .checkpoint import CheckpointError, model_from_checkpoint, task_from_checkpoint
 from .device import DeviceError, pick_device, seed_everything
 from .errors import UsageError
-from .evaluate import greedy_accuracy
-from .flags import add_rl_arguments, any_int, fraction, non_negative_int, positive_float, positive_int, rl_hparams
+from .flags import (add_rl_arguments, any_int, fraction, non_negative_int, positive_float, positive_int, rl_hparams,
+                    task_of)
 from .impl import CHOICES as IMPL_CHOICES, ImplError, resolve
 from .model import PRESETS, UnknownPresetError, count_parameters, make_model
 from .run import load_rl_checkpoint, run_rl
 from .runlog import write_summary
-from .tasks import OPS, TASKS, UnknownTaskError, make_task
+from .tasks import OPS, TASKS, UnknownTaskError
 from .tokenizer import TOKENIZER
 
 USER_ERRORS = (UsageError, UnknownTaskError, UnknownPresetError, CheckpointError, DeviceError, ImplError)
@@ -113,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in DELEGATED.items():
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
         module.add_arguments(p)
-        if not any(action.dest == "threads" for action in p._actions):
-            add_threads(p)
+        add_threads(p)
     return parser
 
 
@@ -128,17 +127,6 @@ def check_out_dir(out: Path) -> None:
             pass
     except OSError as err:
         raise UsageError(f"cannot write to --out {out}: {err.strerror or err}") from None
-
-
-def _task(args, ckpt=None):
-    """The task from --task/--op, or the checkpoint's (they must agree when both are given)."""
-    if ckpt is not None:
-        task = task_from_checkpoint(ckpt)
-        if args.task is not None and args.task != task.name:
-            raise UsageError(f"--task {args.task} but the checkpoint was trained on {task.name!r}")
-        return task
-    name = args.task or "sort"
-    return make_task(name, op=args.op) if args.op and name == "add" else make_task(name)
 
 
 def _announce(model, preset, task, device):
@@ -158,8 +146,8 @@ def _fresh_or_loaded(args, device):
     path = _checkpoint_path(args)
     if path is not None:
         model, ckpt = model_from_checkpoint(path, device)
-        return model, _task(args, ckpt), ckpt.get("preset") or "nano", ckpt
-    task = _task(args)
+        return model, task_of(args, task_from_checkpoint(ckpt)), ckpt.get("preset") or "nano", ckpt
+    task = task_of(args)
     return make_model(args.preset, TOKENIZER.vocab_size, task.block_size).to(device), task, args.preset, None
 
 
@@ -219,8 +207,7 @@ def _rl_line(algo, task, s, out_dir):
 
 
 def _train_rl(algo, args, model, task, hp, resume=None, extra=None):
-    """run_rl, then summary.json = the run's fields + the command's own (init, sft_steps...)."""
-    seed_everything(args.seed)
+    """run_rl (which seeds the run), then summary.json = the run's fields + the command's own (init, sft_steps...)."""
     summary = run_rl(algo, hp, model, task, args.out, seed=args.seed, impl=args.impl, resume=resume,
                      progress=not args.quiet)
     summary.update(extra or {})
@@ -231,7 +218,6 @@ def _train_rl(algo, args, model, task, hp, resume=None, extra=None):
 def cmd_rl(args, algo):
     device = pick_device(args.device)
     resolve(args.impl)  # fail early, one line, if the chosen implementation cannot exist
-    seed_everything(args.seed)
     resume = None
     if args.resume is not None:
         path = _checkpoint_path(args)
@@ -239,7 +225,7 @@ def cmd_rl(args, algo):
         if resume["extra"]["algo"] != algo:
             raise UsageError(f"{path} is a {resume['extra']['algo']} run: resume it with `{resume['extra']['algo']}`")
     if args.resume is None and args.init is None:
-        task = _task(args)
+        task = task_of(args)
         hp = rl_hparams(algo, task, args, args.steps)
         check_out_dir(args.out)
         print(f"no --init checkpoint given: training the weak SFT start first ({args.out / 'sft'})", flush=True)
@@ -259,7 +245,7 @@ def cmd_rl(args, algo):
 def cmd_demo(args):
     device = pick_device(args.device)
     resolve(args.impl)
-    task = _task(args)
+    task = task_of(args)
     hp = rl_hparams("grpo", task, args, args.steps)
     check_out_dir(args.out)
     model, sft_summary = _run_weak_sft(

@@ -11,10 +11,11 @@ from loss.names import LOSS_AGG_MODES
 from loss.corrections import DEFAULT_THRESHOLD, ROLLOUT_CORRECTIONS
 from loss.policy_losses import POLICY_LOSSES
 
-from .defaults import RL_DEFAULTS
+from .defaults import RL_DEFAULTS, defaults_for
 from .errors import UsageError
 from .menu import SAMPLER_MISMATCHES
 from .rewards import REWARD_KINDS
+from .tasks import make_task
 
 
 def _number(kind, text, low=None, low_ok=True, high=None, what=""):
@@ -151,8 +152,7 @@ def add_menu_arguments(group) -> None:
 
 def rl_hparams(algo: str, task, args, steps=None) -> dict:
     """RL_DEFAULTS[algo][task] with every flag the user set laid over it (and --steps)."""
-    rows = RL_DEFAULTS[algo]
-    hp = dict(rows.get(task.name, rows["sort"]))
+    hp = defaults_for(algo, task.name)
     for key in hp:
         value = getattr(args, key, None)
         if value is not None:
@@ -163,3 +163,13 @@ def rl_hparams(algo: str, task, args, steps=None) -> dict:
         raise UsageError(f"--overlong-penalty must be at most the task's max_new_tokens={task.max_new_tokens}, "
                          f"got {hp['overlong_penalty']}")
     return hp
+
+
+def task_of(args, checkpoint_task=None):
+    """The task from --task/--op, or `checkpoint_task` (a checkpoint's; --task must then agree with it)."""
+    if checkpoint_task is not None:
+        if args.task is not None and args.task != checkpoint_task.name:
+            raise UsageError(f"--task {args.task} but the checkpoint was trained on {checkpoint_task.name!r}")
+        return checkpoint_task
+    name = args.task or "sort"
+    return make_task(name, op=args.op) if args.op and name == "add" else make_task(name)

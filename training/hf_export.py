@@ -192,14 +192,19 @@ def export_model(model: GPT, out_dir, *, task=None, force: bool = False, source:
     return out_dir
 
 
-def export_checkpoint(ckpt_path, out_dir, force: bool = False) -> Path:
-    """`export-hf`: a course checkpoint (a GPT policy) -> a transformers folder."""
+def load_policy(ckpt_path) -> tuple[GPT, object]:
+    """(the GPT policy in eval mode, its task) of a course checkpoint; CheckpointError when it holds no policy."""
     model, ckpt = model_from_checkpoint(ckpt_path, "cpu")
     if not isinstance(model, GPT):
-        raise CheckpointError(f"{ckpt_path} holds a {type(model).__name__}, not a GPT policy: export a policy "
+        raise CheckpointError(f"{ckpt_path} holds a {type(model).__name__}, not a GPT policy: give a policy "
                               f"checkpoint")
-    task = task_from_checkpoint(ckpt)
-    return export_model(model.eval(), out_dir, task=task, force=force, source=str(ckpt_path))
+    return model.eval(), task_from_checkpoint(ckpt)
+
+
+def export_checkpoint(ckpt_path, out_dir, force: bool = False) -> Path:
+    """`export-hf`: a course checkpoint (a GPT policy) -> a transformers folder."""
+    model, task = load_policy(ckpt_path)
+    return export_model(model, out_dir, task=task, force=force, source=str(ckpt_path))
 
 
 def max_logit_difference(course_model: GPT, hf_model, idx: torch.Tensor) -> float:
@@ -221,10 +226,9 @@ def main(args) -> int:
     transformers = require_transformers()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    out = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    model, task = load_policy(args.checkpoint)
+    out = export_model(model, args.out, task=task, force=args.force, source=str(args.checkpoint))
     hf = transformers.AutoModelForCausalLM.from_pretrained(out)
-    model, ckpt = model_from_checkpoint(args.checkpoint, "cpu")
-    task = task_from_checkpoint(ckpt)
     probe = task.eval_batch().prompts[:8]
     diff = max_logit_difference(model, hf, probe)
     print(f"exported {args.checkpoint} ({task.name}) to {out}/ as transformers GPT-2 "

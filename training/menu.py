@@ -48,11 +48,12 @@ from torch.nn import functional as F
 
 from loss.advantages import ADVANTAGE_ESTIMATORS
 from loss.aggregation import agg_loss, check_loss_agg_mode
-from loss.corrections import (DEFAULT_THRESHOLD, ROLLOUT_CORRECTIONS, correction_weights, high_entropy_mask,
+from loss.corrections import (DEFAULT_THRESHOLD, check_rollout_correction, correction_weights, high_entropy_mask,
                               mask_truncated_completions, mismatch_metrics, truncated_rows)
 from loss.masked import masked_mean
 from loss.names import KL_ESTIMATORS
-from loss.policy_losses import POLICY_LOSSES, check_policy_loss, hyperparameters
+from loss.policy_losses import POLICY_LOSSES, check_hyperparameters, check_policy_loss, hyperparameters
+from loss.shapes import check_same_shape
 
 from . import impl as course_impl
 from .defaults import MENU_DEFAULTS
@@ -92,19 +93,16 @@ class PolicyLoss(nn.Module):
 
     def __init__(self, name: str = "vanilla", loss_agg_mode: str = "token-mean", kl_beta: float = 0.0,
                  kl_estimator: str = "k3", *, max_len: int | None = None, normalize_std: bool = True,
-                 eps: float = 1e-6, **hyperparameters_):
+                 eps: float = 1e-6, impl: str | None = None, **hyperparameters_):
         super().__init__()
         check_policy_loss(name)
         check_loss_agg_mode(loss_agg_mode)
         if kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown kl_estimator {kl_estimator!r}: choose one of {', '.join(KL_ESTIMATORS)}")
-        valid = hyperparameters(name)
-        unknown = sorted(set(hyperparameters_) - set(valid) - ({"generator"} if name == "clip_cov" else set()))
-        if unknown:
-            raise ValueError(f"policy loss {name!r} has no hyperparameter {', '.join(unknown)}: "
-                             f"it takes {', '.join(valid) or 'none'}")
+        valid = check_hyperparameters(name, hyperparameters_)
         self.name, self.loss_agg_mode, self.kl_beta, self.kl_estimator = name, loss_agg_mode, kl_beta, kl_estimator
         self.max_len, self.normalize_std, self.eps = max_len, normalize_std, eps
+        self._kl_estimate = course_impl.load("grpo_loss", impl).kl_estimate   # the KL of the trainer's own grpo_loss
         self.hyperparameters = dict(valid, **hyperparameters_)
         self.metrics: dict[str, float] = {}
 
@@ -119,10 +117,8 @@ class PolicyLoss(nn.Module):
             raise ValueError(f"policy_logprobs must be [B, G] or [B, G, T], got shape {shape}")
         if (rewards is None) == (advantages is None):
             raise ValueError("give exactly one of rewards= and advantages=")
-        for label, tensor in (("old_policy_logprobs", old_policy_logprobs), ("reference_logprobs", reference_logprobs),
-                              ("response_mask", response_mask)):
-            if tensor is not None and tuple(tensor.shape) != shape:
-                raise ValueError(f"{label} must have the shape of policy_logprobs {shape}, got {tuple(tensor.shape)}")
+        check_same_shape("policy_logprobs", policy_logprobs, old_policy_logprobs=old_policy_logprobs,
+                         reference_logprobs=reference_logprobs, response_mask=response_mask)
         if rewards is not None:
             advantages = ADVANTAGE_ESTIMATORS["grpo"](rewards, normalize_std=self.normalize_std, eps=self.eps)
         if tuple(advantages.shape) not in (shape[:2], shape):
@@ -139,8 +135,7 @@ class PolicyLoss(nn.Module):
         if reference_logprobs is not None:
             is_response = mask.bool()
             ref = torch.where(is_response, as_rows(reference_logprobs), torch.zeros_like(logp))
-            kl = course_impl.load("grpo_loss").kl_estimate(torch.where(is_response, logp, torch.zeros_like(logp)), ref,
-                                                           self.kl_estimator)
+            kl = self._kl_estimate(torch.where(is_response, logp, torch.zeros_like(logp)), ref, self.kl_estimator)
             if self.kl_beta:
                 loss = loss + self.kl_beta * agg_loss(kl, mask, self.loss_agg_mode, self.max_len)
         self.metrics = self._metrics(loss, logp, old_logp, adv, mask, kl, details)
@@ -232,9 +227,8 @@ def check_menu(hp: dict) -> dict:
     menu["mask_truncated"] = bool(menu["mask_truncated"])
     if menu["policy_loss"] is not None:
         check_policy_loss(menu["policy_loss"])
-    if menu["rollout_correction"] is not None and menu["rollout_correction"] not in ROLLOUT_CORRECTIONS:
-        raise ValueError(f"unknown rollout correction {menu['rollout_correction']!r}: "
-                         f"choose one of {', '.join(ROLLOUT_CORRECTIONS)}")
+    if menu["rollout_correction"] is not None:
+        check_rollout_correction(menu["rollout_correction"])
     if menu["sampler_mismatch"] is not None and menu["sampler_mismatch"] not in SAMPLER_MISMATCHES:
         raise ValueError(f"unknown sampler mismatch {menu['sampler_mismatch']!r}: "
                          f"choose one of {', '.join(SAMPLER_MISMATCHES)}")
@@ -248,7 +242,7 @@ def check_menu(hp: dict) -> dict:
     return menu
 
 
-def make_policy_loss(name: str, hp: dict, trainer=None) -> PolicyLoss:
+def make_policy_loss(name: str, hp: dict, trainer=None, impl: str | None = None) -> PolicyLoss:
     """PolicyLoss(name) with the run's settings: loss_agg_mode, kl_beta and kl_estimator from hp (or the trainer),
     clip_ratio_low / clip_ratio_high from clip_epsilon / clip_epsilon_high for every entry that has them (as verl
     feeds actor.clip_ratio_* to every loss_mode: for dppo_* they are the divergence thresholds), and any of the
@@ -262,11 +256,12 @@ def make_policy_loss(name: str, hp: dict, trainer=None) -> PolicyLoss:
     kl_beta = hp.get("kl_beta", getattr(trainer, "kl_beta", 0.0)) or 0.0
     return PolicyLoss(name, hp.get("loss_agg_mode") or "token-mean", kl_beta, hp.get("kl_estimator") or "k3",
                       max_len=getattr(trainer, "max_new_tokens", None), normalize_std=hp.get("normalize_std", True),
-                      **settings)
+                      impl=impl, **settings)
 
 
-def configure(trainer, hp: dict):
-    """Apply the menu keys of `hp` (MENU_KEYS; missing keys take MENU_DEFAULTS) to a built GRPOTrainer; return it.
+def configure(trainer, hp: dict, impl: str | None = None):
+    """Apply the menu keys of `hp` (MENU_KEYS; missing keys take MENU_DEFAULTS) to a built GRPOTrainer of
+    implementation `impl` (whose grpo_loss gives the KL term of a menu policy loss); return it.
 
     With every key at its default the trainer keeps the exercise's GRPOLoss and its own rollout. trainer.menu
     records the settings applied (and the sampler). rho_* and mismatch_kl (k3 estimate of KL(mu || pi_old)) are
@@ -276,7 +271,7 @@ def configure(trainer, hp: dict):
     if hasattr(trainer, "menu"):
         raise ValueError("configure() was already applied to this trainer: build a new one")
     if menu["policy_loss"] is not None:
-        trainer.grpo_loss = make_policy_loss(menu["policy_loss"], hp, trainer)
+        trainer.grpo_loss = make_policy_loss(menu["policy_loss"], hp, trainer, impl)
     needs_hooks = (menu["rollout_correction"] is not None or menu["top_entropy_quantile"] is not None
                    or menu["mask_truncated"] or menu["sampler_mismatch"] is not None)
     if not needs_hooks:

@@ -293,14 +293,12 @@ TRL_SETTINGS = ("loss_type=grpo", "loss_type=bnpo", "loss_type=dr_grpo", "loss_t
                 "grpo, beta=0.04 (k3), use_bias_correction_kl=False", "grpo, importance_sampling_level=sequence")
 
 
-def trl_parity(batch: ParityBatch | None = None, settings=None) -> list[Row]:
+def trl_parity(batch: ParityBatch | None = None) -> list[Row]:
     """One Row per TRL setting: TRL's compute_loss vs the course's counterpart, loss and gradient."""
     batch = batch or rollout_batch()
     trl_loss = TRLLoss(batch)
     rows = []
     for name, config, course_name, build in _trl_cases(batch):
-        if settings is not None and name not in settings:
-            continue
         trainer = trl_loss.trainer(**config)
         loss_lib, grads_lib = trl_loss.loss(trainer, trl_loss.inputs())
         loss_course, grads_course = course_forward(batch, build())
@@ -451,7 +449,7 @@ def verl_parity(seed: int = 0) -> list[Row]:
                         None if grad_lib is None else rel_diff(grad_ours, grad_lib), note))
 
     # advantage estimators (values compared per token; the "loss" columns hold sum |A|)
-    expand = lambda a: (a.reshape(B * G, -1) * mask if a.dim() == 2 else a.reshape(B * G, -1) * mask)  # noqa: E731
+    expand = lambda a: a.reshape(B * G, -1) * mask  # noqa: E731
     for normalize in (True, False):
         lib, _ = core.compute_grpo_outcome_advantage(token_rewards, mask, index, epsilon=1e-6,
                                                      norm_adv_by_std_in_grpo=normalize)

@@ -6,6 +6,7 @@ a rule a person could check by hand, which is what makes these tasks good for le
 """
 import torch
 
+from .rollout import response_mask
 from .tokenizer import EOS_ID
 
 
@@ -30,8 +31,7 @@ def exact_match(completions: torch.Tensor, answers: torch.Tensor) -> torch.Tenso
 def _answer_positions(answers: torch.Tensor) -> torch.Tensor:
     """bool [N, A]: the positions up to and including each answer's EOS (all A of them when answers are not
     padded; fewer for the variable-length task, whose answers are PAD-filled after their EOS)."""
-    is_eos = answers == EOS_ID
-    return (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+    return response_mask(answers).bool()
 
 
 def partial_credit(completions: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:

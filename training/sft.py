@@ -20,10 +20,9 @@ Measured on this repository's 2-core CPU machine (nano preset, batch 64, warmup 
         the held-out set, so the held-out evaluation stays untouched. lr 3e-3 constant, at most 3000 steps.
   sort_var: 230 steps at lr 5e-4, cosine over the 230 steps: 35.4% / 36.0% / 32.6% for seeds 0 / 1 / 2.
 
-Full SFT (FULL below) reaches >= 99% held-out exact match on both tasks.
+Full SFT (FULL below) reaches >= 99% held-out exact match on each task (sort_var: 100.0% for seed 0).
 """
 import hashlib
-import os
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import atomic_torch_save, save_checkpoint
 from .device import make_generator, seed_everything
 from .evaluate import greedy_accuracy
 from .model import make_model
@@ -54,6 +53,7 @@ WEAK = {
 FULL = {
     "sort": dict(steps=1000, lr=1e-3, schedule="cosine", stop_at=None, check_every=10),
     "add": dict(steps=4000, lr=3e-3, schedule="cosine", stop_at=None, check_every=10),
+    "sort_var": dict(steps=1000, lr=1e-3, schedule="cosine", stop_at=None, check_every=10),
 }
 
 
@@ -197,12 +197,7 @@ def weak_cache_path(task, seed: int = 0, preset: str = "nano") -> Path:
 
 def save_weak_model(model, task, seed: int = 0, preset: str = "nano") -> Path:
     """Keep weights trained with WEAK[task.name] from `seed` where weak_model looks for them (atomic write)."""
-    path = weak_cache_path(task, seed, preset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(model.state_dict(), weak_cache_path(task, seed, preset))
 
 
 def weak_model(task_name: str = "sort", seed: int = 0, preset: str = "nano", device="cpu"):

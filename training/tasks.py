@@ -18,7 +18,6 @@ import torch
 from . import rewards
 from .tokenizer import EOS_ID, PAD_ID, TOKENIZER
 
-TASKS = ("sort", "add", "sort_var")
 OPS = {"add": "+", "sub": "-", "mul": "*"}
 HELD_OUT_EVERY = 10  # about 1 problem in 10 is held out
 EVAL_SIZE = 500
@@ -227,11 +226,15 @@ class ArithmeticTask(Task):
         return prompts, torch.cat(parts, dim=1)
 
 
+TASK_CLASSES = {cls.name: cls for cls in (SortTask, ArithmeticTask, VariableSortTask)}
+TASKS = tuple(TASK_CLASSES)
+
+
 def make_task(name: str, **options) -> Task:
     """make_task("sort") or make_task("add", digits=3, op="add", reverse_answer=True)."""
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    cls = {"sort": SortTask, "add": ArithmeticTask, "sort_var": VariableSortTask}[name]
+    cls = TASK_CLASSES[name]
     try:
         return cls(**options)
     except TypeError as err:

@@ -35,7 +35,7 @@ def build_trainer(algo, hp, model, ref_model, task, generator, impl=None, critic
             loss_agg_mode=hp["loss_agg_mode"], clip_epsilon_high=hp["clip_epsilon_high"],
             advantage_estimator=hp["advantage_estimator"], dynamic_sampling=hp["dynamic_sampling"],
             overlong_cache_len=hp["overlong_penalty"])
-        return configure(trainer, hp)   # the 2025-26 menu: another policy loss, sampler, corrections (if asked)
+        return configure(trainer, hp, impl)   # the 2025-26 menu: another policy loss, sampler, corrections (if asked)
     if algo == "ppo":
         return module.PPOTrainer(
             model, critic, ref_model, hp["clip_epsilon"], hp["gamma"], hp["lam"], **shared, kl_beta=hp["kl_beta"],

@@ -25,7 +25,6 @@ is an error; the sort row's default dynamic sampling is dropped and the table sa
 Under `accelerate launch` the same command runs on every process (TRL shards the generation batch); only the
 main process writes files. `--model PATH` trains any local causal-LM folder with its tokenizer instead.
 """
-import argparse
 import os
 import statistics
 import time
@@ -33,12 +32,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint, task_from_checkpoint
+from . import hf_export
+from .checkpoint import save_checkpoint
 from .defaults import PLOTS
 from .device import make_generator, pick_device, seed_everything
 from .errors import UsageError
 from .evaluate import greedy_accuracy
-from .flags import add_rl_arguments, rl_hparams
+from .flags import add_rl_arguments, positive_int, rl_hparams, task_of
 from .model import GPT
 from .run import preset_of
 from .runlog import RunLog, plot_curves, write_summary
@@ -77,7 +77,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
                         help="instead of --init: any local transformers causal-LM folder with its tokenizer")
     parser.add_argument("--out", type=Path, default=Path("runs/trl"), help="output folder (default runs/trl)")
-    parser.add_argument("--steps", type=_positive_int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="RL steps, each one rollout of prompts-per-step x group-size (default: the course's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -95,15 +95,6 @@ def add_arguments(parser) -> None:
                            help="GRPOConfig.scale_rewards (default: group, or none with --no-normalize-std)")
     add_rl_arguments(parser, "grpo")
 
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------- the mapping
@@ -208,20 +199,37 @@ def format_table(rows, headers=("course", "TRL 1.16.0 GRPOConfig")) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the data
-def build_dataset(task, hp, seed: int):
+QUIET_RUN = dict(report_to="none", save_strategy="no", logging_steps=1, fp16=False, gradient_checkpointing=False,
+                 disable_tqdm=True, dataloader_num_workers=0, log_completions=False, disable_dropout=True,
+                 dataloader_pin_memory=False)
+
+
+def build_dataset(task, hp, seed: int, data_seed: int | None = None):
     """The course's training problems as a datasets.Dataset (columns prompt, answer_ids), in the course's order.
 
-    The same generator (seed + 13) and the same per-step draws as training/run.py, so TRL and the course trainer
-    see the same problems in the same order.
+    The same generator (seed + 13, or data_seed) and the same per-step draws as training/run.py, so TRL and the
+    course trainer see the same problems in the same order.
     """
     _, _, datasets = require_trl()
-    data = make_generator(seed + 13)
+    data = make_generator(seed + 13 if data_seed is None else data_seed)
     prompts, answers = [], []
     for _ in range(hp["steps"]):
         batch = task.sample(hp["prompts_per_step"], data)
         prompts += [TOKENIZER.decode(p) for p in batch.prompts]
         answers += batch.answers.tolist()
     return datasets.Dataset.from_dict({"prompt": prompts, "answer_ids": answers})
+
+
+def make_trainer(hf, tokenizer, task, reward_kind: str, dataset, **config):
+    """TRL's GRPOTrainer on `dataset` with the course's reward, `config` (GRPOConfig fields) over the settings of a
+    quiet run (no saving, reports, completions log, dropout or progress callbacks)."""
+    trl, transformers, _ = require_trl()
+    args = trl.GRPOConfig(**dict(QUIET_RUN, **config))
+    trainer = trl.GRPOTrainer(model=hf, reward_funcs=make_reward(task, reward_kind, tokenizer), args=args,
+                              train_dataset=dataset, processing_class=tokenizer)
+    for callback in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
+        trainer.remove_callback(callback)
+    return trainer
 
 
 def text_to_course_ids(text: str, ended: bool) -> list[int]:
@@ -247,9 +255,8 @@ def make_reward(task, kind: str, tokenizer=None):
     With the course tokenizer (tokenizer None or hf_export's), the completion ids are the course's ids as they are;
     with another tokenizer, the decoded text is mapped character by character (text_to_course_ids).
     """
-    from .hf_export import course_vocabulary_of
 
-    course_ids = tokenizer is None or course_vocabulary_of(tokenizer)
+    course_ids = tokenizer is None or hf_export.course_vocabulary_of(tokenizer)
     eos_ids = {tokenizer.eos_token_id} if tokenizer is not None else {EOS_ID}
 
     def reward(prompts, completions, completion_ids, answer_ids, **_):
@@ -301,24 +308,22 @@ class Evaluator:
     training.evaluate.greedy_accuracy) when it is one, else hf_greedy_accuracy."""
 
     def __init__(self, hf_model, tokenizer, task):
-        from .hf_export import course_config_of, course_vocabulary_of
 
         self.task, self.tokenizer = task, tokenizer
         self.course = None
         try:
-            if course_vocabulary_of(tokenizer):
-                self.course = GPT(course_config_of(hf_model.config))
+            if hf_export.course_vocabulary_of(tokenizer):
+                self.course = GPT(hf_export.course_config_of(hf_model.config))
         except UsageError:
             self.course = None
         self.kind = "course greedy_accuracy" if self.course is not None else "transformers generate (greedy)"
 
     def __call__(self, hf_model) -> float:
-        from .hf_export import load_into_course
 
         if self.course is None:
             return hf_greedy_accuracy(hf_model, self.tokenizer, self.task)
         device = next(hf_model.parameters()).device
-        load_into_course(hf_model, self.course.to(device))
+        hf_export.load_into_course(hf_model, self.course.to(device))
         return greedy_accuracy(self.course, self.task)
 
 
@@ -388,18 +393,12 @@ def _mean(values):
 # ------------------------------------------------------------------------------------------ the command
 def _load_start(args, transformers):
     """(hf_model, tokenizer, task, source) from --init (exported to OUT/hf_init first) or --model."""
-    from . import hf_export
-
     if (args.init is None) == (args.model is None):
         raise UsageError("give exactly one of --init CKPT (a course checkpoint, e.g. runs/demo/sft/model.pt) "
                          "and --model PATH (a local transformers folder)")
     if args.init is not None:
-        course, ckpt = model_from_checkpoint(args.init, "cpu")
-        if not isinstance(course, GPT):
-            raise CheckpointError(f"{args.init} holds a {type(course).__name__}, not a GPT policy")
-        task = task_from_checkpoint(ckpt)
-        if args.task is not None and args.task != task.name:
-            raise UsageError(f"--task {args.task} but the checkpoint was trained on {task.name!r}")
+        course, saved_task = hf_export.load_policy(args.init)
+        task = task_of(args, saved_task)
         # The export stays in OUT/hf_init: TRL builds its reference model (beta > 0) from the model's folder.
         folder = Path(args.out) / "hf_init"
         from accelerate import PartialState
@@ -460,17 +459,10 @@ def main(args) -> int:
               f"({sum(p.numel() for p in hf.parameters()):,} parameters), {processes} process(es)")
         print(format_table(rows), flush=True)
 
-    config = trl.GRPOConfig(
-        output_dir=str(out / "hf_model"), report_to="none", save_strategy="no", logging_steps=1, bf16=args.bf16,
-        fp16=False,
-        gradient_checkpointing=False, use_cpu=args.device == "cpu", disable_tqdm=True, dataloader_num_workers=0,
-        log_completions=False, disable_dropout=True, dataloader_pin_memory=False, **config_kwargs)
     dataset = build_dataset(task, hp, args.seed)
     evaluator = Evaluator(hf, tokenizer, task)
-    trainer = trl.GRPOTrainer(model=hf, reward_funcs=make_reward(task, hp["reward"], tokenizer), args=config,
-                              train_dataset=dataset, processing_class=tokenizer)
-    for callback in (transformers.PrinterCallback, transformers.trainer_callback.ProgressCallback):
-        trainer.remove_callback(callback)
+    trainer = make_trainer(hf, tokenizer, task, hp["reward"], dataset, output_dir=str(out / "hf_model"),
+                           bf16=args.bf16, use_cpu=args.device == "cpu", **config_kwargs)
     device = trainer.accelerator.device
     accuracy_before = evaluator(trainer.model)
     log = RunLog(out) if is_main else None
@@ -502,8 +494,7 @@ def main(args) -> int:
     tokenizer.save_pretrained(out / "hf_model")
     checkpoint = None
     if evaluator.course is not None:
-        from .hf_export import load_into_course
-        course = load_into_course(model, evaluator.course.to(device)).cpu()
+        course = hf_export.load_into_course(model, evaluator.course.to(device)).cpu()
         checkpoint = save_checkpoint(out / "model.pt", course, task=task, preset=preset_of(course), step=len(records),
                                      extra=dict(algo="grpo", engine="trl", hparams=hp, seed=args.seed))
     step_times = [r["step_time_s"] for r in records]

@@ -36,8 +36,8 @@ if __package__:  # imported as training.verl_config (verl loads this file by pat
     from loss.advantages import ADVANTAGE_ESTIMATORS
 
     from .errors import UsageError
-    from .flags import add_rl_arguments, rl_hparams
-    from .tasks import OPS, make_task
+    from .flags import add_rl_arguments, positive_int, rl_hparams, task_of
+    from .tasks import OPS
 
 VERL_VERSION = "0.9.1"
 KL_LOSS_TYPES = {"k1": "kl", "k2": "mse", "k3": "low_var_kl"}  # the course's estimator names -> verl's
@@ -51,7 +51,7 @@ INSTALL_HINT = "pip install -r requirements-test.txt (verl 0.9.1 without its clu
 def add_arguments(parser) -> None:
     parser.add_argument("--task", choices=("sort", "add"), default="sort", help="the task (default sort)")
     parser.add_argument("--op", choices=tuple(OPS), default=None, help="arithmetic operation for --task add")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps (trainer.total_training_steps)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="RL steps (trainer.total_training_steps)")
     parser.add_argument("--seed", type=int, default=0, help="data.seed and the problems drawn for --data-dir")
     parser.add_argument("--model-path", default="Qwen/Qwen2.5-0.5B-Instruct",
                         help="actor_rollout_ref.model.path: a hub id or a local folder, e.g. one written by "
@@ -63,8 +63,8 @@ def add_arguments(parser) -> None:
                         help="put --kl-beta into the reward (algorithm.use_kl_in_reward) instead of the loss")
     parser.add_argument("--kl-estimator", choices=tuple(KL_LOSS_TYPES), default="k3",
                         help="the KL estimate (k1 = verl kl, k2 = mse, k3 = low_var_kl; default k3 as the course)")
-    parser.add_argument("--n-gpus", type=int, default=1, help="trainer.n_gpus_per_node (default 1)")
-    parser.add_argument("--nnodes", type=int, default=1, help="trainer.nnodes (default 1)")
+    parser.add_argument("--n-gpus", type=positive_int, default=1, help="trainer.n_gpus_per_node (default 1)")
+    parser.add_argument("--nnodes", type=positive_int, default=1, help="trainer.nnodes (default 1)")
     parser.add_argument("--rollout-engine", choices=("vllm", "sglang", "hf"), default="vllm",
                         help="actor_rollout_ref.rollout.name (default vllm)")
     parser.add_argument("--format", choices=("yaml", "overrides"), default="yaml",
@@ -301,11 +301,7 @@ def write_verl_data(task, hp, data_dir, seed: int = 0) -> Path:
 
 # --------------------------------------------------------------------------------------------- the command
 def main(args) -> int:
-    task = make_task(args.task, op=args.op) if args.op and args.task == "add" else make_task(args.task)
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    if args.n_gpus < 1 or args.nnodes < 1:
-        raise UsageError("--n-gpus and --nnodes must be at least 1")
+    task = task_of(args)
     hp = rl_hparams("grpo", task, args, args.steps)
     pairs = verl_overrides(hp, task, model_path=args.model_path, data_dir=args.data_dir,
                            kl_in_reward=args.kl_in_reward, kl_estimator=args.kl_estimator, n_gpus=args.n_gpus,

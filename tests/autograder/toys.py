@@ -185,6 +185,13 @@ def all_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def assert_nonfinite_counted(metrics, expected: int = 2) -> None:
+    """The step's metrics count the `expected` losses that were skipped for being NaN or inf."""
+    counted = metrics.get("nonfinite_losses") if isinstance(metrics, dict) else None
+    assert counted == expected, (f"metrics['nonfinite_losses'] = {counted}, expected {expected}: count the losses "
+                                 f"skipped")
+
+
 # ---------------------------------------------------------------------------------------------- the losses first
 def require_grpo_loss(grpo_loss):
     """The trainer runs your GRPOLoss: check it on a hand-checked case first, so that a wrong loss is reported

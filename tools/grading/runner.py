@@ -42,13 +42,13 @@ from tools.grading import channel
 from tools.grading.reasons import memory_reason
 from tools.grading.report import Report, GradedTest, test_name
 from tools.grading.tree import Fingerprint, installation_fingerprint, write_tree
+from tools.grading.watchdog import GIB, resident_bytes
 
 STEP_OUTPUT_KEPT = 1024   # bytes of a test's printed output kept for the report
 WALL_FACTOR = 3           # a step may take this many times its CPU limit in wall time
 KILL_GRACE = 1.0          # seconds past the limit before a test the watchdog could not stop is killed
 ADDRESS_SPACE_FACTOR = 2  # a child's address space may be this many times its memory limit
 MEMORY_KILL_FACTOR = 1.25  # a child holding this many times its memory limit is killed (the watchdog stops at 1)
-GIB = 2 ** 30
 TAIL_KEPT = 2048          # bytes of a child's last output kept to explain a crash
 
 
@@ -108,15 +108,6 @@ def kill_orphans(keep: set[int]):
                 pass
         if not found:
             return
-
-
-def resident_memory(pid: int) -> int:
-    """Bytes of memory process `pid` holds in RAM (VmRSS); 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def cap_address_space(limit: int):
@@ -369,7 +360,7 @@ class Runner:
     # ---- limits
     def _enforce_limits(self, child: Child, now: float):
         exercise, limits = child.job.exercise, self.limits
-        held = resident_memory(child.process.pid) if child.current is not None else 0
+        held = resident_bytes(child.process.pid) if child.current is not None else 0
         factor = 1.0 if child.current == "import" else MEMORY_KILL_FACTOR  # no watchdog runs during the import
         if held > factor * limits.memory_gib * GIB:
             doing = f"importing {exercise}.py " if child.current == "import" else ""

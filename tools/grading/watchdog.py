@@ -36,11 +36,11 @@ class TimedOut(BaseException):
     code lets it pass."""
 
 
-def resident_bytes() -> int:
-    """Bytes of memory this process holds in RAM (the second field of /proc/self/statm, in pages); 0 where
-    unknown."""
+def resident_bytes(pid: int | str = "self") -> int:
+    """Bytes of memory process `pid` (default: this one) holds in RAM (VmRSS: the second field of
+    /proc/<pid>/statm, in pages); 0 where unknown."""
     try:
-        with open("/proc/self/statm") as statm:
+        with open(f"/proc/{pid}/statm") as statm:
             return int(statm.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
